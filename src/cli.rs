@@ -1,0 +1,176 @@
+//! Command-line flags: kubectl proxy's, the kubeconfig overrides kubectl accepts, and
+//! kube-ambassador's own (service-account directory, shutdown timing).
+//!
+//! Flag names, defaults and help texts follow `kubectl proxy --help` so that scripts and
+//! muscle memory carry over.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::credentials::Secret;
+use crate::filter;
+
+/// Serve the Kubernetes API on a local port, with TLS and credentials handled for you.
+#[derive(Parser, Clone)]
+#[command(
+    name = "kube-ambassador",
+    version,
+    about = "Creates a proxy server or application-level gateway between localhost and the \
+             Kubernetes API server.",
+    long_about = "Creates a proxy server or application-level gateway between localhost and \
+                  the Kubernetes API server. It forwards every request to the API server over \
+                  TLS, verifying it with the configured CA and authenticating with the \
+                  service-account token (re-read as soon as the kubelet rotates it).\n\n\
+                  A drop-in replacement for `kubectl proxy`: same flags, same filter, same \
+                  start-up line."
+)]
+pub struct Cli {
+    /// The port on which to run the proxy. Set to 0 to pick a random port.
+    #[arg(short = 'p', long, default_value_t = 8001)]
+    pub port: u16,
+
+    /// The IP address on which to serve on (`::1` and `[::1]` both work for IPv6).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: String,
+
+    /// Regular expression for hosts that the proxy should accept.
+    #[arg(long, default_value = filter::DEFAULT_ACCEPT_HOSTS)]
+    pub accept_hosts: String,
+
+    /// Regular expression for paths that the proxy should accept.
+    #[arg(long, default_value = filter::DEFAULT_ACCEPT_PATHS)]
+    pub accept_paths: String,
+
+    /// Regular expression for paths that the proxy should reject. Paths specified here
+    /// will be rejected even accepted by --accept-paths.
+    #[arg(long, default_value = filter::DEFAULT_REJECT_PATHS)]
+    pub reject_paths: String,
+
+    /// Regular expression for HTTP methods that the proxy should reject (example
+    /// --reject-methods='POST,PUT,PATCH').
+    #[arg(long, default_value = filter::DEFAULT_REJECT_METHODS)]
+    pub reject_methods: String,
+
+    /// If true, disable request filtering in the proxy. This is dangerous, and can leave
+    /// you vulnerable to XSRF attacks, when used with an accessible port.
+    #[arg(long)]
+    pub disable_filter: bool,
+
+    /// Prefix to serve the proxied API under.
+    #[arg(long, default_value = "/")]
+    pub api_prefix: String,
+
+    /// keepalive specifies the keep-alive period for an active network connection to the
+    /// API server. Set to 0 to disable keepalive.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub keepalive: Duration,
+
+    /// The address and port of the Kubernetes API server.
+    #[arg(short = 's', long)]
+    pub server: Option<String>,
+
+    /// Bearer token for authentication to the API server (read once; prefer a token
+    /// file, which is re-read when it changes).
+    #[arg(long)]
+    pub token: Option<Secret>,
+
+    /// Path to a cert file for the certificate authority.
+    #[arg(long)]
+    pub certificate_authority: Option<PathBuf>,
+
+    /// Server name to use for server certificate validation. If it is not provided, the
+    /// hostname used to contact the server is used.
+    #[arg(long)]
+    pub tls_server_name: Option<String>,
+
+    /// If true, the server's certificate will not be checked for validity. This will make
+    /// your HTTPS connections insecure.
+    #[arg(long)]
+    pub insecure_skip_tls_verify: bool,
+
+    /// Directory holding the pod's service-account `token`, `ca.crt` and `namespace`
+    /// (used in a pod, with KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT).
+    #[arg(long, value_name = "DIR")]
+    pub service_account_dir: Option<PathBuf>,
+
+    /// How long to wait for a TCP connection to the API server.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// After SIGTERM, keep serving this long before stopping (the app container gets its
+    /// SIGTERM at the same moment and may still call the API). SIGINT skips it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_delay: Duration,
+
+    /// After the delay, how long in-flight requests and tunnels may take to finish.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
+    #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL")]
+    pub verbosity: u8,
+}
+
+/// Parses a Go-style duration (`0`, `500ms`, `30s`, `1m30s`, `2h`) as kubectl accepts it.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?} (examples: 0, 500ms, 30s, 1m30s)");
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(bad)?;
+        let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
+        rest = &rest[num_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_end] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(bad()),
+        };
+        rest = &rest[unit_end..];
+        total += Duration::try_from_secs_f64(value * unit).map_err(|_| bad())?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "5", "s", "5x", "-1s", "1..2s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_are_kubectls() {
+        let cli = Cli::try_parse_from(["kube-ambassador"]).unwrap();
+        assert_eq!(cli.port, 8001);
+        assert_eq!(cli.address, "127.0.0.1");
+        assert_eq!(cli.api_prefix, "/");
+        assert_eq!(cli.reject_methods, "^$");
+        assert!(!cli.disable_filter);
+    }
+}

@@ -1,0 +1,45 @@
+//! The in-cluster environment: `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted
+//! service-account directory, as client-go's `InClusterConfig` reads them.
+
+/// Where the kubelet mounts the service account.
+pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The environment variables that matter, captured once (tests build their own).
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    pub service_host: Option<String>,
+    pub service_port: Option<String>,
+}
+
+impl Environment {
+    pub fn from_process() -> Self {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Environment {
+            service_host: get("KUBERNETES_SERVICE_HOST"),
+            service_port: get("KUBERNETES_SERVICE_PORT"),
+        }
+    }
+
+    /// The in-cluster server URL (IPv6 host bracketed), `None` outside a pod.
+    pub fn in_cluster(&self) -> Result<Option<String>, super::ConfigError> {
+        match (&self.service_host, &self.service_port) {
+            (None, None) => Ok(None),
+            (Some(_), None) => Err(super::ConfigError::PartialEnvironment {
+                missing: "KUBERNETES_SERVICE_PORT",
+                present: "KUBERNETES_SERVICE_HOST",
+            }),
+            (None, Some(_)) => Err(super::ConfigError::PartialEnvironment {
+                missing: "KUBERNETES_SERVICE_HOST",
+                present: "KUBERNETES_SERVICE_PORT",
+            }),
+            (Some(host), Some(port)) => {
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                Ok(Some(format!("https://{host}:{port}")))
+            }
+        }
+    }
+}

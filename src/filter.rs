@@ -1,0 +1,219 @@
+//! The request filter: kubectl proxy's accept/reject rules on host, path and method.
+//!
+//! A pure function of its inputs, so it is unit-tested here and fuzzed in `fuzz/`.
+//! Semantics follow kubectl's `FilterServer` (staging/src/k8s.io/kubectl/pkg/proxy):
+//! every list flag is split on `,` without escaping and each part is an unanchored,
+//! case-sensitive regex; a reject-path wins, then a reject-method, then both an
+//! accept-path and an accept-host must match. One deliberate difference: kubectl strips
+//! the brackets of an IPv6 host (`[::1]:8001` → `::1`), which its own default
+//! `^\[::1\]$` then rejects; we keep them so the default accepts `[::1]`.
+
+use regex::Regex;
+
+/// kubectl's `--accept-hosts` default.
+pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
+/// kubectl's `--accept-paths` default.
+pub const DEFAULT_ACCEPT_PATHS: &str = "^.*";
+/// kubectl's `--reject-paths` default: no exec or attach through the proxy.
+pub const DEFAULT_REJECT_PATHS: &str = r"^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach";
+/// kubectl's `--reject-methods` default: matches only the empty method, i.e. nothing.
+pub const DEFAULT_REJECT_METHODS: &str = "^$";
+
+/// A flag's pattern failed to compile.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid regular expression {pattern:?} in --{flag}: {source}")]
+pub struct PatternError {
+    flag: &'static str,
+    pattern: String,
+    #[source]
+    source: regex::Error,
+}
+
+/// The compiled filter.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    accept_hosts: Vec<Regex>,
+    accept_paths: Vec<Regex>,
+    reject_paths: Vec<Regex>,
+    reject_methods: Vec<Regex>,
+}
+
+/// The four flag values, as given on the command line.
+#[derive(Debug, Clone)]
+pub struct FilterSpec<'a> {
+    pub accept_hosts: &'a str,
+    pub accept_paths: &'a str,
+    pub reject_paths: &'a str,
+    pub reject_methods: &'a str,
+}
+
+impl Default for FilterSpec<'static> {
+    fn default() -> Self {
+        FilterSpec {
+            accept_hosts: DEFAULT_ACCEPT_HOSTS,
+            accept_paths: DEFAULT_ACCEPT_PATHS,
+            reject_paths: DEFAULT_REJECT_PATHS,
+            reject_methods: DEFAULT_REJECT_METHODS,
+        }
+    }
+}
+
+impl Filter {
+    pub fn new(spec: &FilterSpec<'_>) -> Result<Self, PatternError> {
+        Ok(Filter {
+            accept_hosts: compile("accept-hosts", spec.accept_hosts)?,
+            accept_paths: compile("accept-paths", spec.accept_paths)?,
+            reject_paths: compile("reject-paths", spec.reject_paths)?,
+            reject_methods: compile("reject-methods", spec.reject_methods)?,
+        })
+    }
+
+    /// Decides one request. `path` is the percent-decoded, cleaned path below the API
+    /// prefix; `host` is the `Host` header (or `:authority`) as sent, port included.
+    pub fn accepts(&self, method: &str, path: &str, host: &str) -> bool {
+        if any(&self.reject_paths, path) || any(&self.reject_methods, method) {
+            return false;
+        }
+        any(&self.accept_paths, path) && any(&self.accept_hosts, host_without_port(host))
+    }
+}
+
+fn any(list: &[Regex], s: &str) -> bool {
+    list.iter().any(|r| r.is_match(s))
+}
+
+/// kubectl's `MakeRegexpArray`: an empty flag is an empty list; otherwise every
+/// comma-separated part (even an empty one, which matches everything) is a pattern.
+fn compile(flag: &'static str, value: &str) -> Result<Vec<Regex>, PatternError> {
+    if value.is_empty() {
+        return Ok(Vec::new());
+    }
+    value
+        .split(',')
+        .map(|p| {
+            Regex::new(p).map_err(|source| PatternError {
+                flag,
+                pattern: p.to_owned(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Removes a `:port` suffix, keeping IPv6 brackets (`[::1]:8001` → `[::1]`). A bare
+/// IPv6 literal without brackets has no port to remove and is returned whole.
+pub fn host_without_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) if !host[..i].contains(':') => &host[..i],
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/api/v1/namespaces/default/pods";
+
+    fn default_filter() -> Filter {
+        Filter::new(&FilterSpec::default()).unwrap()
+    }
+
+    /// kubectl's own table (proxy_server_test.go, TestAccept) plus the IPv6 fix.
+    #[test]
+    fn default_rules_match_kubectl() {
+        let f = default_filter();
+        let cases: &[(&str, &str, &str, bool)] = &[
+            ("GET", "", "127.0.0.1", true),
+            ("GET", "/api/v1/pods", "127.0.0.1", true),
+            ("GET", "/api/v1/pods", "localhost", true),
+            ("GET", &format!("{P}/foo"), "127.0.0.1", true),
+            ("GET", &format!("{P}/attachfoo"), "localhost", true),
+            ("GET", &format!("{P}/execfoo"), "localhost", true),
+            ("GET", "/ui", "localhost", true),
+            ("POST", "/api/v1/pods", "localhost", true),
+            ("PUT", &format!("{P}/somepod"), "localhost", true),
+            ("PATCH", &format!("{P}/somepod"), "localhost", true),
+            ("GET", &format!("{P}/foo/exec"), "127.0.0.1", false),
+            ("GET", &format!("{P}/foo/attach"), "127.0.0.1", false),
+            ("POST", &format!("{P}/somepod/exec"), "localhost", false),
+            ("GET", "/api/v1/pods", "evil.com", false),
+            ("GET", "/api/v1/pods", "localhost.evil.com", false),
+            ("GET", "/api/v1/pods", "127a0b0c1", false),
+            ("GET", "/api/v1/pods", "localhost:8001", true),
+            ("GET", "/api/v1/pods", "127.0.0.1:8001", true),
+            ("GET", "/api/v1/pods", "[::1]:8001", true),
+            ("GET", "/api/v1/pods", "[::1]", true),
+            ("GET", "/api/v1/pods", "", false),
+            ("GET", "/api/v1/pods", "LOCALHOST", false),
+        ];
+        for (method, path, host, want) in cases {
+            assert_eq!(
+                f.accepts(method, path, host),
+                *want,
+                "{method} {path} host={host}"
+            );
+        }
+    }
+
+    #[test]
+    fn reject_methods_and_empty_reject_paths() {
+        let f = Filter::new(&FilterSpec {
+            reject_methods: "POST,PUT,PATCH",
+            ..FilterSpec::default()
+        })
+        .unwrap();
+        for m in ["POST", "PUT", "PATCH"] {
+            assert!(!f.accepts(m, &format!("{P}/somepod"), "localhost"), "{m}");
+        }
+        assert!(f.accepts("GET", &format!("{P}/somepod"), "localhost"));
+
+        let f = Filter::new(&FilterSpec {
+            reject_paths: "",
+            ..FilterSpec::default()
+        })
+        .unwrap();
+        assert!(f.accepts("POST", &format!("{P}/somepod/exec"), "localhost"));
+    }
+
+    #[test]
+    fn empty_accept_list_rejects_everything_and_empty_part_matches_all() {
+        let f = Filter::new(&FilterSpec {
+            accept_paths: "",
+            ..FilterSpec::default()
+        })
+        .unwrap();
+        assert!(!f.accepts("GET", "/api", "localhost"));
+        let f = Filter::new(&FilterSpec {
+            accept_hosts: "^nope$,",
+            ..FilterSpec::default()
+        })
+        .unwrap();
+        assert!(f.accepts("GET", "/api", "anything.example"));
+    }
+
+    #[test]
+    fn bad_pattern_names_the_flag() {
+        let err = Filter::new(&FilterSpec {
+            reject_paths: "(",
+            ..FilterSpec::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("--reject-paths"), "{err}");
+    }
+
+    #[test]
+    fn host_port_stripping() {
+        assert_eq!(host_without_port("localhost:80"), "localhost");
+        assert_eq!(host_without_port("localhost"), "localhost");
+        assert_eq!(host_without_port("[::1]:8001"), "[::1]");
+        assert_eq!(host_without_port("::1"), "::1");
+        assert_eq!(host_without_port("[::1"), "[::1");
+    }
+}

@@ -1,0 +1,151 @@
+//! Header rewriting between client and API server: hop-by-hop removal and
+//! `X-Forwarded-For`.
+//!
+//! Hop-by-hop headers describe one connection and must not be forwarded (RFC 9110
+//! §7.6.1): the fixed list below (the one Go's `httputil.ReverseProxy`, and so kubectl,
+//! removes) plus every header the `Connection` header names. `TE: trailers` is the one
+//! exception: it says the *client* accepts trailers, and the API server may use them.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that are always connection-specific.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// True if any `Connection` header lists the `upgrade` token (any case).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Removes hop-by-hop headers; keeps `TE: trailers` if the client offered it.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection first, while Connection is still there.
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For`, folding earlier values into one
+/// header as Go's reverse proxy does (`prior, client`).
+pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let ip = client.to_canonical().to_string();
+    let mut prior: Vec<&[u8]> = headers.get_all(&XFF).iter().map(|v| v.as_bytes()).collect();
+    let value = if prior.is_empty() {
+        HeaderValue::from_str(&ip)
+    } else {
+        let ipb = ip.as_bytes();
+        prior.push(ipb);
+        HeaderValue::from_bytes(&prior.join(&b", "[..]))
+    };
+    if let Ok(v) = value {
+        headers.insert(XFF, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret-Hop"),
+            ("connection", "close"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic abc"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "gzip, trailers;q=1"),
+            ("trailer", "x"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("accept", "application/json"),
+            ("authorization", "Bearer mine"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "authorization", "te"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_without_trailers_is_dropped() {
+        let mut h = map(&[("te", "gzip")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn upgrade_detection_is_token_based() {
+        assert!(is_upgrade(&map(&[("connection", "keep-alive, Upgrade")])));
+        assert!(is_upgrade(&map(&[("connection", "UPGRADE")])));
+        assert!(!is_upgrade(&map(&[("connection", "upgraded")])));
+        assert!(!is_upgrade(&map(&[("upgrade", "websocket")])));
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
+        append_forwarded_for(&mut h, "::ffff:127.0.0.1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
+        append_forwarded_for(&mut h, "::1".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1, ::1");
+    }
+}

@@ -1,0 +1,153 @@
+//! kube-ambassador: an ambassador sidecar for the Kubernetes API, and a drop-in
+//! replacement for `kubectl proxy`.
+//!
+//! [`run`] wires the pieces along the request's path:
+//! listener → router → filter → proxy → upstream, with `credentials` and `tls` kept
+//! current beside it by `reload`. See the README's architecture section.
+
+pub mod body;
+pub mod cli;
+pub mod config;
+pub mod credentials;
+pub mod filter;
+pub mod headers;
+pub mod listener;
+pub mod proxy;
+pub mod reload;
+pub mod router;
+pub mod shutdown;
+pub mod status;
+pub mod tls;
+pub mod upgrade;
+pub mod upstream;
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use crate::cli::Cli;
+use crate::config::{ConfigError, Environment};
+use crate::credentials::{Credentials, CredentialsError};
+use crate::filter::{Filter, FilterSpec, PatternError};
+use crate::listener::ListenError;
+use crate::proxy::Proxy;
+use crate::router::ApiPrefix;
+use crate::shutdown::Signal;
+use crate::tls::{CaSource, Tls, TlsError};
+use crate::upstream::ConnectOptions;
+
+/// Why the proxy could not start. Each message names what failed and where.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Filter(#[from] PatternError),
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("cannot write the start-up line to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+/// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
+pub async fn run(cli: Cli) -> Result<(), RunError> {
+    let upstream = config::resolve(&cli, &Environment::from_process())?;
+    let creds = Credentials::load(upstream.token.clone())?;
+    let tls = Tls::new(upstream.ca.clone().unwrap_or(CaSource::Insecure))?;
+    let filter = if cli.disable_filter {
+        tracing::warn!(
+            "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
+        );
+        None
+    } else {
+        Some(Filter::new(&FilterSpec {
+            accept_hosts: &cli.accept_hosts,
+            accept_paths: &cli.accept_paths,
+            reject_paths: &cli.reject_paths,
+            reject_methods: &cli.reject_methods,
+        })?)
+    };
+    let opts = ConnectOptions {
+        connect_timeout: cli.connect_timeout,
+        keepalive: cli.keepalive,
+    };
+    let connector = upstream::connector(&upstream, &tls, &opts);
+    let client = upstream::client(connector.clone());
+    let (trigger, shutdown) = shutdown::channel();
+
+    let listener = listener::bind(&cli.address, cli.port).await?;
+    let local = listener.local_addr().map_err(|e| ListenError::Bind {
+        addr: cli.address.clone(),
+        reason: e.to_string(),
+    })?;
+
+    tracing::info!(
+        upstream = %upstream.origin(),
+        ca = %upstream.ca.as_ref().map_or_else(|| "none (plain http)".to_owned(), CaSource::describe),
+        token = %upstream.token.describe(),
+        listen = %local,
+        "kube-ambassador {} starting",
+        env!("CARGO_PKG_VERSION"),
+    );
+    if upstream.scheme == http::uri::Scheme::HTTP {
+        tracing::warn!("the API server URL is plain http: no credentials will be sent");
+    }
+
+    let reload = reload::spawn(
+        creds.clone(),
+        upstream.ca.is_some().then(|| tls.clone()),
+        Arc::new(()),
+    );
+    let proxy = Arc::new(Proxy::new(
+        upstream,
+        client,
+        connector,
+        creds,
+        filter,
+        ApiPrefix::new(&cli.api_prefix),
+        shutdown.clone(),
+    ));
+    let server = tokio::spawn(listener::serve(listener, proxy, shutdown));
+
+    // Scripts wait for exactly this line on stdout.
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "Starting to serve on {local}").map_err(RunError::Stdout)?;
+        out.flush().map_err(RunError::Stdout)?;
+    }
+
+    let first = shutdown::signal().await;
+    tokio::spawn(async {
+        let again = shutdown::signal().await;
+        tracing::warn!("second signal ({again:?}): exiting now");
+        std::process::exit(130);
+    });
+    if first == Signal::Terminate && !cli.shutdown_delay.is_zero() {
+        tracing::info!(
+            "SIGTERM: still serving for {:?} while the app stops",
+            cli.shutdown_delay
+        );
+        tokio::time::sleep(cli.shutdown_delay).await;
+    }
+    tracing::info!("shutting down: no new connections; ending watches");
+    trigger.stop();
+    let _ = server.await;
+    if tokio::time::timeout(cli.shutdown_grace, trigger.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = trigger.active(),
+            "grace period of {:?} over; closing what is still open",
+            cli.shutdown_grace
+        );
+    }
+    if let Some(reload) = reload {
+        reload.abort();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,364 @@
+//! The request path: route, filter, rewrite, forward, stream back.
+//!
+//! Everything here runs per request and is kept free of file I/O, locks and copies of
+//! bodies: the credentials are an atomic load, bodies are passed through frame by frame.
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body as _, Incoming};
+
+use crate::body::ProxyBody;
+use crate::config::Upstream;
+use crate::credentials::Credentials;
+use crate::filter::Filter;
+use crate::headers;
+use crate::router::{ApiPrefix, Route};
+use crate::shutdown::Shutdown;
+use crate::status::{self, Reason};
+use crate::upgrade;
+use crate::upstream::{Connector, UpstreamClient};
+
+/// Everything a request needs, built once.
+pub struct Proxy {
+    pub(crate) upstream: Upstream,
+    pub(crate) client: UpstreamClient,
+    pub(crate) connector: Connector,
+    pub(crate) creds: Arc<Credentials>,
+    pub(crate) filter: Option<Filter>,
+    pub(crate) prefix: ApiPrefix,
+    pub(crate) shutdown: Shutdown,
+    host: HeaderValue,
+    user_agent: HeaderValue,
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(IpAddr),
+    /// A unix socket: no address to put in `X-Forwarded-For`.
+    Unix,
+}
+
+impl Proxy {
+    pub fn new(
+        upstream: Upstream,
+        client: UpstreamClient,
+        connector: Connector,
+        creds: Arc<Credentials>,
+        filter: Option<Filter>,
+        prefix: ApiPrefix,
+        shutdown: Shutdown,
+    ) -> Self {
+        let host = HeaderValue::from_str(upstream.authority.as_str())
+            .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        Proxy {
+            upstream,
+            client,
+            connector,
+            creds,
+            filter,
+            prefix,
+            shutdown,
+            host,
+            user_agent: HeaderValue::from_static(concat!(
+                "kube-ambassador/",
+                env!("CARGO_PKG_VERSION")
+            )),
+        }
+    }
+
+    /// Serves one request. Never fails: every error becomes a response.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> Result<Response<ProxyBody>, Infallible> {
+        Ok(self.serve(req, peer).await)
+    }
+
+    async fn serve(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+        if req.method() == Method::CONNECT || req.uri().path() == "*" {
+            return status::response(
+                StatusCode::BAD_REQUEST,
+                Reason::BadRequest,
+                "CONNECT and asterisk-form requests are not proxied",
+            );
+        }
+        let uri = req.uri().clone();
+        let (raw_path, decoded) = match self.prefix.route(uri.path(), uri.query()) {
+            Route::Api { raw_path, decoded } => (raw_path, decoded),
+            Route::Redirect(location) => {
+                return status::moved_permanently(req.method(), &location);
+            }
+            Route::NotFound => return status::not_found(),
+            Route::BadRequest => {
+                let mut resp = status::text(StatusCode::BAD_REQUEST, "400 Bad Request");
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return resp;
+            }
+        };
+        if let Some(filter) = &self.filter {
+            // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+            let host = match uri.authority() {
+                Some(a) => a.as_str(),
+                None => req
+                    .headers()
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or(""),
+            };
+            if !filter.accepts(req.method().as_str(), &decoded, host) {
+                tracing::debug!(method = %req.method(), path = %decoded, host, "filter rejected request");
+                return status::forbidden();
+            }
+        }
+        let target = match self.upstream_uri(raw_path, uri.query()) {
+            Some(t) => t,
+            None => {
+                return status::response(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    "the request target cannot be forwarded",
+                );
+            }
+        };
+        let long_lived = is_watch(&decoded, uri.query());
+        if headers::is_upgrade(req.headers()) {
+            return upgrade::forward(self, req, target, peer).await;
+        }
+        self.forward(req, target, peer, long_lived).await
+    }
+
+    /// Fixed origin + base path + the client's path and query, byte for byte.
+    fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Option<Uri> {
+        let base = &self.upstream.base_path;
+        let mut pq = String::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
+        pq.push_str(base);
+        pq.push_str(raw_path);
+        if let Some(q) = query {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()?;
+        Uri::builder()
+            .scheme(self.upstream.scheme.clone())
+            .authority(self.upstream.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .ok()
+    }
+
+    /// Rewrites the request headers for the upstream. Returns the credential it added.
+    pub(crate) fn rewrite_request_headers(
+        &self,
+        headers: &mut HeaderMap,
+        peer: Peer,
+    ) -> Option<HeaderValue> {
+        headers::strip_hop_by_hop(headers);
+        headers.insert(header::HOST, self.host.clone());
+        if let Peer::Tcp(ip) = peer {
+            headers::append_forwarded_for(headers, ip);
+        }
+        if !headers.contains_key(header::USER_AGENT) {
+            headers.insert(header::USER_AGENT, self.user_agent.clone());
+        }
+        // A caller's own Authorization wins, as in kubectl.
+        if headers.contains_key(header::AUTHORIZATION) {
+            return None;
+        }
+        let auth = self.creds.header()?;
+        headers.insert(header::AUTHORIZATION, auth.clone());
+        Some(auth)
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        target: Uri,
+        peer: Peer,
+        long_lived: bool,
+    ) -> Response<ProxyBody> {
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let sent = self.rewrite_request_headers(&mut headers, peer);
+        // A request without a body can be replayed after a 401 if a newer token shows
+        // up; keep what is needed for that (a header-map copy, no body).
+        let replay = match &sent {
+            Some(_) if body.is_end_stream() && self.creds.watched_file().is_some() => {
+                Some(headers.clone())
+            }
+            _ => None,
+        };
+        let method = parts.method;
+        let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
+        let mut resp = match self.client.request(upstream_req).await {
+            Ok(resp) => resp,
+            Err(e) => return self.upstream_error(&e),
+        };
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            if let (Some(sent), Some(mut headers)) = (sent, replay) {
+                if let Some(newer) = self.creds.refresh_after_unauthorized(&sent).await {
+                    tracing::info!("API server refused the token; retrying with the newer one from disk");
+                    headers.insert(header::AUTHORIZATION, newer);
+                    let retry = build(&method, &target, headers, ProxyBody::empty());
+                    resp = match self.client.request(retry).await {
+                        Ok(resp) => resp,
+                        Err(e) => return self.upstream_error(&e),
+                    };
+                }
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let body = if long_lived {
+            ProxyBody::Until {
+                inner: body,
+                stop: self.shutdown.watches_end(),
+            }
+        } else {
+            ProxyBody::Stream(body)
+        };
+        Response::from_parts(parts, body)
+    }
+
+    /// A Status response for a failure to get an answer from the API server.
+    pub(crate) fn upstream_error(&self, err: &(dyn std::error::Error + 'static)) -> Response<ProxyBody> {
+        let (code, reason, what) = classify(err);
+        let message = format!(
+            "error trying to reach the API server at {}: {what}",
+            self.upstream.origin()
+        );
+        tracing::warn!("{message}");
+        status::response(code, reason, &message)
+    }
+}
+
+fn build(method: &Method, target: &Uri, headers: HeaderMap, body: ProxyBody) -> Request<ProxyBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = target.clone();
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// A watch or a followed log: a response that only ends when the server or client ends it.
+fn is_watch(path: &str, query: Option<&str>) -> bool {
+    let truthy = |key: &str| {
+        query.is_some_and(|q| {
+            q.split('&').any(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                k == key && (v == "true" || v == "1")
+            })
+        })
+    };
+    truthy("watch") || truthy("follow") || path.split('/').nth(3) == Some("watch")
+        || path.split('/').nth(4) == Some("watch")
+}
+
+/// Maps a client error to a status, a Status reason and a short cause.
+fn classify(err: &(dyn std::error::Error + 'static)) -> (StatusCode, Reason, String) {
+    let mut cause: Option<String> = None;
+    let mut io_kind = None;
+    let mut tls = None;
+    let mut parse = false;
+    for e in chain(err) {
+        if let Some(t) = e.downcast_ref::<rustls::Error>() {
+            tls = Some(t.to_string());
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            parse |= h.is_parse() || h.is_incomplete_message();
+        }
+        cause = Some(e.to_string());
+    }
+    let cause = cause.unwrap_or_else(|| err.to_string());
+    if let Some(tls) = tls {
+        return (
+            StatusCode::BAD_GATEWAY,
+            Reason::ServiceUnavailable,
+            format!("TLS handshake failed: {tls}"),
+        );
+    }
+    match io_kind {
+        Some(std::io::ErrorKind::TimedOut) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            Reason::Timeout,
+            format!("connection timed out ({cause})"),
+        ),
+        Some(std::io::ErrorKind::ConnectionRefused) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::ServiceUnavailable,
+            "connection refused".to_owned(),
+        ),
+        _ if parse => (
+            StatusCode::BAD_GATEWAY,
+            Reason::ServiceUnavailable,
+            format!("malformed response ({cause})"),
+        ),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            Reason::ServiceUnavailable,
+            cause,
+        ),
+    }
+}
+
+/// An error and its sources; an `io::Error`'s wrapped error is visited too (its own
+/// `source()` skips it).
+fn chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Vec<&'a (dyn std::error::Error + 'static)> {
+    let mut out = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        out.push(e);
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            out.push(inner);
+            next = inner.source();
+        } else {
+            next = e.source();
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_detection() {
+        assert!(is_watch("/api/v1/pods", Some("watch=true")));
+        assert!(is_watch("/api/v1/pods", Some("limit=1&watch=1")));
+        assert!(is_watch("/api/v1/namespaces/d/pods/p/log", Some("follow=true")));
+        assert!(is_watch("/api/v1/watch/pods", None));
+        assert!(is_watch("/apis/apps/v1/watch/deployments", None));
+        assert!(!is_watch("/api/v1/pods", Some("watch=false")));
+        assert!(!is_watch("/api/v1/pods", Some("nowatch=true")));
+        assert!(!is_watch("/api/v1/pods", None));
+    }
+
+    #[test]
+    fn io_wrapped_tls_error_is_classified() {
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let (code, _, msg) = classify(&io);
+        assert_eq!(code, StatusCode::BAD_GATEWAY);
+        assert!(msg.contains("TLS handshake failed"), "{msg}");
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(classify(&refused).0, StatusCode::SERVICE_UNAVAILABLE);
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert_eq!(classify(&timeout).1, Reason::Timeout);
+    }
+}

@@ -1,0 +1,254 @@
+//! Routing of one request target: path cleaning (kubectl's 301), the API prefix, and
+//! the decoded path the filter judges.
+//!
+//! kubectl proxy sits behind Go's `http.ServeMux`, which since Go 1.22 cleans the
+//! *escaped* path (`//`, `/./`, `/../`) and answers an unclean one with a 301 to the
+//! clean path; the filter then sees the percent-decoded path below the API prefix
+//! (`http.StripPrefix` semantics). We reproduce that, with one fix: Go builds the
+//! `Location` from the escaped path as if it were decoded, so `%2F` comes back as
+//! `%252F` (a different resource); our `Location` keeps the escapes as sent.
+
+use std::borrow::Cow;
+
+/// Where a request target goes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// 301 to this location (clean path, query kept).
+    Redirect(String),
+    /// Outside the API prefix: 404.
+    NotFound,
+    /// A malformed percent-escape in the path: 400, as Go's URL parser refuses it.
+    BadRequest,
+    /// Forward: `raw_path` is what the upstream gets below its base path, byte for byte;
+    /// `decoded` is what the filter judges.
+    Api {
+        raw_path: &'a str,
+        decoded: Cow<'a, str>,
+    },
+}
+
+/// The API prefix, normalised as kubectl does (a trailing `/` appended if missing).
+#[derive(Debug, Clone)]
+pub struct ApiPrefix {
+    prefix: String,
+    /// kubectl does not strip a prefix that starts with `/api`: the API server's own
+    /// paths begin with it.
+    strip: bool,
+}
+
+impl ApiPrefix {
+    pub fn new(prefix: &str) -> Self {
+        let mut prefix = prefix.to_owned();
+        if !prefix.starts_with('/') {
+            prefix.insert(0, '/');
+        }
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let strip = !prefix.starts_with("/api");
+        ApiPrefix { prefix, strip }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Routes a request path (the raw, still-escaped path of the request target).
+    pub fn route<'a>(&self, raw_path: &'a str, query: Option<&str>) -> Route<'a> {
+        let clean = clean_path(raw_path);
+        if clean != raw_path {
+            let mut location = clean.into_owned();
+            if let Some(q) = query {
+                location.push('?');
+                location.push_str(q);
+            }
+            return Route::Redirect(location);
+        }
+        if !raw_path.starts_with(self.prefix.as_str()) {
+            return Route::NotFound;
+        }
+        let raw_path = if self.strip {
+            // `stripLeaveSlash`: what remains keeps (or regains) its leading slash. The
+            // prefix ends in `/`, so that slash is the prefix's last byte.
+            &raw_path[self.prefix.len() - 1..]
+        } else {
+            raw_path
+        };
+        match percent_decode(raw_path) {
+            Some(decoded) => Route::Api { raw_path, decoded },
+            None => Route::BadRequest,
+        }
+    }
+}
+
+/// Go's `cleanPath`: `path.Clean` on a rooted path, keeping a trailing slash.
+pub fn clean_path(p: &str) -> Cow<'_, str> {
+    if p.is_empty() {
+        return Cow::Borrowed("/");
+    }
+    if p.starts_with('/') && is_clean(p) {
+        return Cow::Borrowed(p);
+    }
+    let mut out: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    let mut cleaned = String::with_capacity(p.len() + 1);
+    for seg in &out {
+        cleaned.push('/');
+        cleaned.push_str(seg);
+    }
+    // `path.Clean` drops a trailing slash; `cleanPath` puts back only one that was
+    // literally there (`/a/b/.` cleans to `/a/b`, `/a/b/./` to `/a/b/`).
+    if cleaned.is_empty() || p.ends_with('/') {
+        cleaned.push('/');
+    }
+    Cow::Owned(cleaned)
+}
+
+/// True when no segment is empty (but a trailing one), `.` or `..`.
+fn is_clean(p: &str) -> bool {
+    let body = &p[1..];
+    let body = body.strip_suffix('/').unwrap_or(body);
+    if body.is_empty() {
+        return p.len() == 1;
+    }
+    body.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed one. Bytes that are not UTF-8 after
+/// decoding are replaced (U+FFFD): the regexes work on text, and a replacement can
+/// never make a rejected path look accepted.
+pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains('%') {
+        return Some(Cow::Borrowed(s));
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = hex(*bytes.get(i + 1)?)?;
+            let lo = hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(match String::from_utf8(out) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    })
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clean_path_matches_go() {
+        let cases = [
+            ("", "/"),
+            ("/", "/"),
+            ("//", "/"),
+            ("/api//v1/pods", "/api/v1/pods"),
+            ("/api/./v1/x", "/api/v1/x"),
+            ("/api/v1/x/..", "/api/v1"),
+            ("/api/v1/../../x/", "/x/"),
+            ("/api/v1/../../../x", "/x"),
+            ("/a/b/", "/a/b/"),
+            ("/a/b/.", "/a/b"),
+            ("/a/b/./", "/a/b/"),
+            ("/a/..", "/"),
+            ("/a/../", "/"),
+            ("/a%2e%2e/b", "/a%2e%2e/b"),
+            ("/a/%2e%2e/b", "/a/%2e%2e/b"),
+            ("a/b", "/a/b"),
+            ("/...", "/..."),
+        ];
+        for (input, want) in cases {
+            assert_eq!(clean_path(input), want, "clean({input:?})");
+        }
+    }
+
+    #[test]
+    fn unclean_paths_redirect_with_query_and_escapes_kept() {
+        let p = ApiPrefix::new("/");
+        assert_eq!(
+            p.route("/api//v1/pods%2Fexec", Some("a=%2F")),
+            Route::Redirect("/api/v1/pods%2Fexec?a=%2F".into())
+        );
+        assert_eq!(
+            p.route("/api/./v1", None),
+            Route::Redirect("/api/v1".into())
+        );
+    }
+
+    #[test]
+    fn decoded_path_is_what_the_filter_sees() {
+        let p = ApiPrefix::new("/");
+        match p.route("/api/v1/namespaces/d/pods/x%2Fexec", None) {
+            Route::Api { raw_path, decoded } => {
+                assert_eq!(raw_path, "/api/v1/namespaces/d/pods/x%2Fexec");
+                assert_eq!(decoded, "/api/v1/namespaces/d/pods/x/exec");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.route("/api/v1/na%zzme", None), Route::BadRequest);
+        assert_eq!(p.route("/api/v1/x%2", None), Route::BadRequest);
+    }
+
+    #[test]
+    fn api_prefix_table_from_kubectl() {
+        let root = ApiPrefix::new("/");
+        let api = ApiPrefix::new("/api");
+        let custom = ApiPrefix::new("/custom/");
+        let raw = |r: Route<'_>| match r {
+            Route::Api { raw_path, .. } => Some(raw_path.to_owned()),
+            _ => None,
+        };
+        assert_eq!(api.as_str(), "/api/");
+        assert_eq!(raw(root.route("/metrics", None)).as_deref(), Some("/metrics"));
+        assert_eq!(
+            raw(root.route("/api/v1/pods/", None)).as_deref(),
+            Some("/api/v1/pods/")
+        );
+        assert_eq!(api.route("/metrics", None), Route::NotFound);
+        assert_eq!(
+            raw(api.route("/api/v1/pods/", None)).as_deref(),
+            Some("/api/v1/pods/")
+        );
+        assert_eq!(custom.route("/metrics", None), Route::NotFound);
+        assert_eq!(custom.route("/api/v1/pods/", None), Route::NotFound);
+        assert_eq!(
+            raw(custom.route("/custom/api/v1/pods/", None)).as_deref(),
+            Some("/api/v1/pods/")
+        );
+    }
+
+    #[test]
+    fn percent_decode_edge_cases() {
+        assert_eq!(percent_decode("/a%20b").as_deref(), Some("/a b"));
+        assert_eq!(percent_decode("/%41%6a").as_deref(), Some("/Aj"));
+        assert_eq!(percent_decode("/%ff").as_deref(), Some("/\u{fffd}"));
+        assert!(percent_decode("/%").is_none());
+        assert!(percent_decode("/%g0").is_none());
+    }
+}

@@ -1,0 +1,168 @@
+//! The responses the proxy makes itself: Kubernetes `Status` JSON for its failures, and
+//! kubectl's exact plain-text answers where scripts may depend on them (403, 404, 301).
+//!
+//! kubectl proxy answers its own failures with `500 text/plain` and a Go error string;
+//! clients such as client-go and kubectl understand a `metav1.Status` object far better
+//! (they print its message and act on its reason and code), so every error the proxy
+//! originates is one of these.
+
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+/// The `reason` field values we use (a subset of apimachinery's `StatusReason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The upstream could not be reached or answered garbage (502).
+    ServiceUnavailable,
+    /// The upstream did not answer in time (504).
+    Timeout,
+    /// Nothing is served at this path (404).
+    NotFound,
+    /// The request itself is malformed (400).
+    BadRequest,
+    /// Something inside the proxy failed (500).
+    InternalError,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::ServiceUnavailable => "ServiceUnavailable",
+            Reason::Timeout => "Timeout",
+            Reason::NotFound => "NotFound",
+            Reason::BadRequest => "BadRequest",
+            Reason::InternalError => "InternalError",
+        }
+    }
+}
+
+/// Renders a `Status` object as JSON.
+pub fn body(code: StatusCode, reason: Reason, message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + 128);
+    out.push_str(r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":""#);
+    escape_json_into(message, &mut out);
+    out.push_str(r#"","reason":""#);
+    out.push_str(reason.as_str());
+    let _ = writeln!(out, r#"","code":{}}}"#, code.as_u16());
+    out
+}
+
+/// Builds a complete response carrying a `Status` body.
+pub fn response<B: From<Bytes>>(code: StatusCode, reason: Reason, message: &str) -> Response<B> {
+    let mut resp = Response::new(B::from(Bytes::from(body(code, reason, message))));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
+    resp
+}
+
+/// A plain-text response as Go's `http.Error` writes it (kubectl's 403 and 404).
+pub fn text<B: From<Bytes>>(code: StatusCode, body: &'static str) -> Response<B> {
+    let mut resp = Response::new(B::from(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = code;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    resp
+}
+
+/// kubectl's answer to a filtered request.
+pub fn forbidden<B: From<Bytes>>() -> Response<B> {
+    text(StatusCode::FORBIDDEN, "Forbidden\n")
+}
+
+/// kubectl's answer outside the API prefix (Go's `http.NotFound`).
+pub fn not_found<B: From<Bytes>>() -> Response<B> {
+    text(StatusCode::NOT_FOUND, "404 page not found\n")
+}
+
+/// Go's `http.Redirect` with 301, as `ServeMux` sends it for an unclean path: an HTML
+/// body for GET, a content type for GET and HEAD, nothing more for other methods.
+pub fn moved_permanently<B: From<Bytes>>(method: &http::Method, location: &str) -> Response<B> {
+    let body = if method == http::Method::GET {
+        let mut b = String::with_capacity(location.len() + 40);
+        b.push_str("<a href=\"");
+        html_escape_into(location, &mut b);
+        b.push_str("\">Moved Permanently</a>.\n\n");
+        Bytes::from(b)
+    } else {
+        Bytes::new()
+    };
+    let mut resp = Response::new(B::from(body));
+    *resp.status_mut() = StatusCode::MOVED_PERMANENTLY;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(location) {
+        h.insert(header::LOCATION, v);
+    }
+    if method == http::Method::GET || method == http::Method::HEAD {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+    }
+    resp
+}
+
+fn html_escape_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '\'' => out.push_str("&#39;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&#34;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Escapes a string for a JSON string literal (RFC 8259 §7).
+fn escape_json_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_is_kubernetes_shaped_json() {
+        let b = body(
+            StatusCode::BAD_GATEWAY,
+            Reason::ServiceUnavailable,
+            "error trying to reach \"x\"\n\u{1}",
+        );
+        assert_eq!(
+            b,
+            "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
+             \"message\":\"error trying to reach \\\"x\\\"\\n\\u0001\",\
+             \"reason\":\"ServiceUnavailable\",\"code\":502}\n"
+        );
+    }
+}

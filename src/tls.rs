@@ -1,0 +1,277 @@
+//! TLS to the API server: a rustls client configuration whose trust anchors can be
+//! swapped at run time.
+//!
+//! The `ClientConfig` is built once; its certificate verifier delegates to an atomically
+//! swapped inner verifier, so when `ca.crt` changes every *new* handshake verifies with
+//! the new CA while pooled connections carry on. Session resumption is off: a resumed
+//! session skips certificate verification, which would let a connection established
+//! under a retired CA outlive the rotation. Roots are the configured CA only, never the
+//! system store: a pod talks to exactly one cluster.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+/// Where the CA bundle comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaSource {
+    /// A file, re-read when it changes (service-account `ca.crt`, `--certificate-authority`).
+    File(PathBuf),
+    /// Inline PEM (kubeconfig `certificate-authority-data`).
+    Pem(Vec<u8>),
+    /// `--insecure-skip-tls-verify`: no verification at all.
+    Insecure,
+}
+
+impl CaSource {
+    pub fn describe(&self) -> String {
+        match self {
+            CaSource::File(p) => format!("file {}", p.display()),
+            CaSource::Pem(_) => "inline data".to_owned(),
+            CaSource::Insecure => "none (--insecure-skip-tls-verify)".to_owned(),
+        }
+    }
+}
+
+/// Errors building or reloading TLS settings.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read CA file {path}: {source}")]
+    ReadCa {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no usable certificate in CA {origin}")]
+    NoCertificates { origin: String },
+    #[error("invalid certificate in CA {origin}: {reason}")]
+    BadCertificate { origin: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The TLS side of the upstream.
+pub struct Tls {
+    config: Arc<ClientConfig>,
+    verifier: Arc<SwappableVerifier>,
+    source: CaSource,
+    /// The bytes the current verifier was built from, to skip rebuilding on no change.
+    current_pem: std::sync::Mutex<Vec<u8>>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Builds the client configuration; reads the CA file once.
+    pub fn new(source: CaSource) -> Result<Arc<Self>, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (inner, pem): (Arc<dyn ServerCertVerifier>, Vec<u8>) = match &source {
+            CaSource::Insecure => (
+                Arc::new(NoVerification(provider.signature_verification_algorithms)),
+                Vec::new(),
+            ),
+            CaSource::File(path) => {
+                let pem = read_ca(path)?;
+                (webpki_verifier(&pem, &source, &provider)?, pem)
+            }
+            CaSource::Pem(pem) => (webpki_verifier(pem, &source, &provider)?, pem.clone()),
+        };
+        let verifier = Arc::new(SwappableVerifier {
+            inner: ArcSwap::from_pointee(Inner(inner)),
+            provider: Arc::clone(&provider),
+        });
+        let mut config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.resumption = Resumption::disabled();
+        Ok(Arc::new(Tls {
+            config: Arc::new(config),
+            verifier,
+            source,
+            current_pem: std::sync::Mutex::new(pem),
+        }))
+    }
+
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        Arc::clone(&self.config)
+    }
+
+    pub fn source(&self) -> &CaSource {
+        &self.source
+    }
+
+    /// The CA file to watch, if any.
+    pub fn watched_file(&self) -> Option<&Path> {
+        match &self.source {
+            CaSource::File(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// Re-reads a CA file; on change, new handshakes use it. Keeps the old CA when the
+    /// new one cannot be read or parsed. Returns whether it changed. Blocking file I/O.
+    pub fn reload_blocking(&self) -> Result<bool, TlsError> {
+        let CaSource::File(path) = &self.source else {
+            return Ok(false);
+        };
+        let pem = read_ca(path)?;
+        // The lock is taken only here, by the one reload task: never on a request path.
+        let mut current = self
+            .current_pem
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if *current == pem {
+            return Ok(false);
+        }
+        let verifier = webpki_verifier(&pem, &self.source, &self.verifier.provider)?;
+        self.verifier.inner.store(Arc::new(Inner(verifier)));
+        *current = pem;
+        Ok(true)
+    }
+}
+
+fn read_ca(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::ReadCa {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn webpki_verifier(
+    pem: &[u8],
+    source: &CaSource,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, TlsError> {
+    let origin = || source.describe();
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| TlsError::BadCertificate {
+            origin: origin(),
+            reason: e.to_string(),
+        })?;
+        roots.add(cert).map_err(|e| TlsError::BadCertificate {
+            origin: origin(),
+            reason: e.to_string(),
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoCertificates { origin: origin() });
+    }
+    WebPkiServerVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
+        .build()
+        .map(|v| v as Arc<dyn ServerCertVerifier>)
+        .map_err(|e| TlsError::BadCertificate {
+            origin: origin(),
+            reason: e.to_string(),
+        })
+}
+
+#[derive(Debug)]
+struct Inner(Arc<dyn ServerCertVerifier>);
+
+/// Delegates to whichever verifier is current.
+#[derive(Debug)]
+struct SwappableVerifier {
+    inner: ArcSwap<Inner>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for SwappableVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner.load().0.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.load().0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// `--insecure-skip-tls-verify`: any certificate is accepted, but the handshake
+/// signatures are still checked against it (the peer must hold the key it presents).
+#[derive(Debug)]
+struct NoVerification(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}

@@ -1,0 +1,62 @@
+//! The client side: connections to the API server.
+//!
+//! hyper-util's pooled client over hyper-rustls over a plain TCP connector. The URI we
+//! hand it is always built from the fixed upstream origin (see `proxy`), so nothing a
+//! caller sends can make it dial anywhere else. HTTP/1.1 only for now: every request
+//! gets its own connection from the pool, so a watch never waits behind a server's
+//! concurrent-stream limit.
+
+use std::time::Duration;
+
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::ProxyBody;
+use crate::config::Upstream;
+use crate::tls::Tls;
+
+pub type Connector = HttpsConnector<HttpConnector>;
+pub type UpstreamClient = Client<Connector, ProxyBody>;
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub connect_timeout: Duration,
+    /// TCP keep-alive period; zero disables it.
+    pub keepalive: Duration,
+}
+
+/// The connector, shared by the pooled client and by upgrades (which need a fresh one).
+/// For a plain `http://` upstream the TLS settings are present but never used.
+pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
+    let mut tcp = HttpConnector::new();
+    tcp.enforce_http(false);
+    tcp.set_nodelay(true);
+    tcp.set_connect_timeout(Some(opts.connect_timeout));
+    tcp.set_keepalive((!opts.keepalive.is_zero()).then_some(opts.keepalive));
+    let builder =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.client_config()).clone());
+    let builder = if upstream.scheme == http::uri::Scheme::HTTPS {
+        builder.https_only()
+    } else {
+        builder.https_or_http()
+    };
+    builder
+        .with_server_name_resolver(FixedServerNameResolver::new(
+            upstream.server_name.clone(),
+        ))
+        .enable_http1()
+        .wrap_connector(tcp)
+}
+
+/// The pooled client for ordinary requests.
+pub fn client(connector: Connector) -> UpstreamClient {
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .build(connector)
+}
