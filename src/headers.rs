@@ -142,7 +142,10 @@ mod tests {
         let mut h = HeaderMap::new();
         append_forwarded_for(&mut h, "127.0.0.1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4"), ("x-forwarded-for", "5.6.7.8")]);
+        let mut h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
         append_forwarded_for(&mut h, "::ffff:127.0.0.1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "1.2.3.4, 5.6.7.8, 127.0.0.1");
         append_forwarded_for(&mut h, "::1".parse().unwrap());

@@ -138,7 +138,8 @@ impl Proxy {
     /// Fixed origin + base path + the client's path and query, byte for byte.
     fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Option<Uri> {
         let base = &self.upstream.base_path;
-        let mut pq = String::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
+        let mut pq =
+            String::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(base);
         pq.push_str(raw_path);
         if let Some(q) = query {
@@ -204,7 +205,9 @@ impl Proxy {
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let (Some(sent), Some(mut headers)) = (sent, replay) {
                 if let Some(newer) = self.creds.refresh_after_unauthorized(&sent).await {
-                    tracing::info!("API server refused the token; retrying with the newer one from disk");
+                    tracing::info!(
+                        "API server refused the token; retrying with the newer one from disk"
+                    );
                     headers.insert(header::AUTHORIZATION, newer);
                     let retry = build(&method, &target, headers, ProxyBody::empty());
                     resp = match self.client.request(retry).await {
@@ -216,6 +219,8 @@ impl Proxy {
         }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        // Our side speaks its own protocol version, whatever the upstream spoke.
+        parts.version = Version::default();
         let body = if long_lived {
             ProxyBody::Until {
                 inner: body,
@@ -228,7 +233,10 @@ impl Proxy {
     }
 
     /// A Status response for a failure to get an answer from the API server.
-    pub(crate) fn upstream_error(&self, err: &(dyn std::error::Error + 'static)) -> Response<ProxyBody> {
+    pub(crate) fn upstream_error(
+        &self,
+        err: &(dyn std::error::Error + 'static),
+    ) -> Response<ProxyBody> {
         let (code, reason, what) = classify(err);
         let message = format!(
             "error trying to reach the API server at {}: {what}",
@@ -258,7 +266,9 @@ fn is_watch(path: &str, query: Option<&str>) -> bool {
             })
         })
     };
-    truthy("watch") || truthy("follow") || path.split('/').nth(3) == Some("watch")
+    truthy("watch")
+        || truthy("follow")
+        || path.split('/').nth(3) == Some("watch")
         || path.split('/').nth(4) == Some("watch")
 }
 
@@ -304,17 +314,15 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> (StatusCode, Reason, Str
             Reason::ServiceUnavailable,
             format!("malformed response ({cause})"),
         ),
-        _ => (
-            StatusCode::BAD_GATEWAY,
-            Reason::ServiceUnavailable,
-            cause,
-        ),
+        _ => (StatusCode::BAD_GATEWAY, Reason::ServiceUnavailable, cause),
     }
 }
 
 /// An error and its sources; an `io::Error`'s wrapped error is visited too (its own
 /// `source()` skips it).
-fn chain<'a>(err: &'a (dyn std::error::Error + 'static)) -> Vec<&'a (dyn std::error::Error + 'static)> {
+fn chain<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Vec<&'a (dyn std::error::Error + 'static)> {
     let mut out = Vec::new();
     let mut next = Some(err);
     while let Some(e) = next {
@@ -341,7 +349,10 @@ mod tests {
     fn watch_detection() {
         assert!(is_watch("/api/v1/pods", Some("watch=true")));
         assert!(is_watch("/api/v1/pods", Some("limit=1&watch=1")));
-        assert!(is_watch("/api/v1/namespaces/d/pods/p/log", Some("follow=true")));
+        assert!(is_watch(
+            "/api/v1/namespaces/d/pods/p/log",
+            Some("follow=true")
+        ));
         assert!(is_watch("/api/v1/watch/pods", None));
         assert!(is_watch("/apis/apps/v1/watch/deployments", None));
         assert!(!is_watch("/api/v1/pods", Some("watch=false")));

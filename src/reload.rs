@@ -59,8 +59,9 @@ pub fn spawn(
                 _ = tick.tick() => {}
             }
             let (creds, tls, observer) = (creds.clone(), tls.clone(), observer.clone());
-            let _ = tokio::task::spawn_blocking(move || reload_all(&creds, tls.as_deref(), &*observer))
-                .await;
+            let _ =
+                tokio::task::spawn_blocking(move || reload_all(&creds, tls.as_deref(), &*observer))
+                    .await;
         }
     }))
 }
@@ -157,8 +158,8 @@ mod platform {
                     Ok(Ok(n)) if n > 0 => {
                         // Drain whatever else is already queued so a rotation's burst of
                         // events costs one reload.
-                        while let Ok(Ok(m)) =
-                            guard.try_io(|inner| inner.get_mut().read_events(buf).map(|e| e.count()))
+                        while let Ok(Ok(m)) = guard
+                            .try_io(|inner| inner.get_mut().read_events(buf).map(|e| e.count()))
                         {
                             if m == 0 {
                                 break;

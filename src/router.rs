@@ -119,7 +119,8 @@ fn is_clean(p: &str) -> bool {
     if body.is_empty() {
         return p.len() == 1;
     }
-    body.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+    body.split('/')
+        .all(|s| !s.is_empty() && s != "." && s != "..")
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed one. Bytes that are not UTF-8 after
@@ -225,7 +226,10 @@ mod tests {
             _ => None,
         };
         assert_eq!(api.as_str(), "/api/");
-        assert_eq!(raw(root.route("/metrics", None)).as_deref(), Some("/metrics"));
+        assert_eq!(
+            raw(root.route("/metrics", None)).as_deref(),
+            Some("/metrics")
+        );
         assert_eq!(
             raw(root.route("/api/v1/pods/", None)).as_deref(),
             Some("/api/v1/pods/")

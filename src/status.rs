@@ -41,7 +41,9 @@ impl Reason {
 /// Renders a `Status` object as JSON.
 pub fn body(code: StatusCode, reason: Reason, message: &str) -> String {
     let mut out = String::with_capacity(message.len() + 128);
-    out.push_str(r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":""#);
+    out.push_str(
+        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":""#,
+    );
     escape_json_into(message, &mut out);
     out.push_str(r#"","reason":""#);
     out.push_str(reason.as_str());

@@ -99,7 +99,7 @@ impl Tls {
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
             .with_no_client_auth();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // ALPN is set by the hyper-rustls connector from the protocols it enables.
         config.resumption = Resumption::disabled();
         Ok(Arc::new(Tls {
             config: Arc::new(config),
@@ -217,7 +217,10 @@ impl ServerCertVerifier for SwappableVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.load().0.verify_tls12_signature(message, cert, dss)
+        self.inner
+            .load()
+            .0
+            .verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -226,7 +229,10 @@ impl ServerCertVerifier for SwappableVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.load().0.verify_tls13_signature(message, cert, dss)
+        self.inner
+            .load()
+            .0
+            .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

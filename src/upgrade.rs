@@ -88,7 +88,8 @@ pub async fn forward(
             Response::from_parts(parts, ProxyBody::empty())
         }
         code if code.as_u16() >= 400 => {
-            let (parts, body) = resp.into_parts();
+            let (mut parts, body) = resp.into_parts();
+            parts.version = http::Version::default();
             Response::from_parts(parts, ProxyBody::Stream(body))
         }
         code => status::response(

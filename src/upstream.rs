@@ -44,9 +44,7 @@ pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Conne
         builder.https_or_http()
     };
     builder
-        .with_server_name_resolver(FixedServerNameResolver::new(
-            upstream.server_name.clone(),
-        ))
+        .with_server_name_resolver(FixedServerNameResolver::new(upstream.server_name.clone()))
         .enable_http1()
         .wrap_connector(tcp)
 }

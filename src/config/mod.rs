@@ -150,7 +150,9 @@ fn parse_server(url: &str) -> Result<(Scheme, Authority, String), ConfigError> {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let uri: http::Uri = url.parse().map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| bad(&e.to_string()))?;
     let scheme = uri
         .scheme()
         .cloned()
@@ -234,7 +236,10 @@ mod tests {
     fn nothing_usable_says_what_to_do() {
         let none = Environment::default();
         let err = resolve(&cli(&[]), &none).unwrap_err().to_string();
-        assert!(err.contains("KUBERNETES_SERVICE_HOST") && err.contains("--server"), "{err}");
+        assert!(
+            err.contains("KUBERNETES_SERVICE_HOST") && err.contains("--server"),
+            "{err}"
+        );
         let err = resolve(&cli(&["--server=https://h:1"]), &none)
             .unwrap_err()
             .to_string();
@@ -245,12 +250,9 @@ mod tests {
         };
         let err = resolve(&cli(&[]), &half).unwrap_err().to_string();
         assert!(err.contains("KUBERNETES_SERVICE_PORT is not set"), "{err}");
-        let err = resolve(
-            &cli(&["--service-account-dir=/nonexistent/sa"]),
-            &pod(),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = resolve(&cli(&["--service-account-dir=/nonexistent/sa"]), &pod())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/sa/token"), "{err}");
     }
 
@@ -284,7 +286,11 @@ mod tests {
         assert!(matches!(up.token, TokenSource::Static(_)));
         assert!(matches!(up.server_name, ServerName::DnsName(_)));
         let err = resolve(
-            &cli(&["--certificate-authority=/x", "--insecure-skip-tls-verify", "--token=a"]),
+            &cli(&[
+                "--certificate-authority=/x",
+                "--insecure-skip-tls-verify",
+                "--token=a",
+            ]),
             &pod(),
         )
         .unwrap_err();

@@ -183,7 +183,8 @@ impl Credentials {
 /// `Bearer <token>` as a sensitive header value (hyper then never logs it, and HPACK
 /// never indexes it).
 fn bearer(token: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("Bearer {token}"))).ok()?;
+    let mut v =
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("Bearer {token}"))).ok()?;
     v.set_sensitive(true);
     Some(v)
 }

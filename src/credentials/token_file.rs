@@ -38,12 +38,11 @@ pub fn read(path: &Path) -> Result<HeaderValue, TokenFileError> {
     let mut value = Vec::with_capacity(token.len() + 7);
     value.extend_from_slice(b"Bearer ");
     value.extend_from_slice(token);
-    let mut header =
-        HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).map_err(|_| {
-            TokenFileError::Invalid {
-                path: path.to_owned(),
-            }
-        })?;
+    let mut header = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).map_err(|_| {
+        TokenFileError::Invalid {
+            path: path.to_owned(),
+        }
+    })?;
     header.set_sensitive(true);
     Ok(header)
 }
