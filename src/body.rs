@@ -7,22 +7,56 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::metrics::GaugeGuard;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A streamed body, a small body made by the proxy, or a watch that ends at shutdown.
+/// A streamed body, a small body made by the proxy, or a tracked response stream.
 pub enum ProxyBody {
     Stream(Incoming),
     Full(Option<Bytes>),
-    /// A long-lived stream (a watch) that ends cleanly when `stop` resolves, so the
-    /// client sees a normal end of the watch and re-establishes it elsewhere.
-    Until {
-        inner: Incoming,
-        stop: Pin<Box<dyn Future<Output = ()> + Send>>,
-    },
+    Tracked(Box<Tracked>),
+}
+
+/// A response stream with extras: it may end at shutdown (a watch), count as an active
+/// watch, and write an access-log line when it is done.
+pub struct Tracked {
+    pub inner: Incoming,
+    /// When this resolves the stream ends cleanly, so a watch client sees a normal end
+    /// and re-establishes the watch elsewhere.
+    pub stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    pub watch: Option<GaugeGuard>,
+    pub log: Option<AccessLog>,
+}
+
+/// One access-log line, written when the response body is finished or dropped.
+pub struct AccessLog {
+    pub method: http::Method,
+    pub path: String,
+    pub status: u16,
+    pub start: Instant,
+    pub upstream: Duration,
+    pub bytes: u64,
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        tracing::info!(
+            target: "kube_ambassador::access",
+            method = %self.method,
+            path = %self.path,
+            status = self.status,
+            duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
+            upstream_ms = self.upstream.as_secs_f64() * 1e3,
+            bytes = self.bytes,
+            "request"
+        );
+    }
 }
 
 impl ProxyBody {
@@ -42,12 +76,6 @@ impl From<Bytes> for ProxyBody {
     }
 }
 
-impl From<Incoming> for ProxyBody {
-    fn from(body: Incoming) -> Self {
-        ProxyBody::Stream(body)
-    }
-}
-
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -59,11 +87,19 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Until { inner, stop } => {
-                if stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
+            ProxyBody::Tracked(t) => {
+                if let Some(stop) = t.stop.as_mut() {
+                    if stop.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(None);
+                    }
                 }
-                Pin::new(inner).poll_frame(cx).map_err(Into::into)
+                let polled = Pin::new(&mut t.inner).poll_frame(cx);
+                if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, t.log.as_mut()) {
+                    if let Some(data) = frame.data_ref() {
+                        log.bytes += data.len() as u64;
+                    }
+                }
+                polled.map_err(Into::into)
             }
         }
     }
@@ -72,7 +108,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Stream(inner) => inner.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
-            ProxyBody::Until { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Tracked(t) => t.inner.is_end_stream(),
         }
     }
 
@@ -82,8 +118,9 @@ impl Body for ProxyBody {
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
-            // It may end early: no bound holds.
-            ProxyBody::Until { .. } => SizeHint::new(),
+            // A stream that may end early has no exact size; otherwise pass it on.
+            ProxyBody::Tracked(t) if t.stop.is_some() => SizeHint::new(),
+            ProxyBody::Tracked(t) => t.inner.size_hint(),
         }
     }
 }

@@ -108,9 +108,29 @@ pub struct Cli {
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Serve /healthz, /readyz and /metrics on this HOST:PORT (off unless set; it never
+    /// proxies). Example: --admin-address=0.0.0.0:8002.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_address: Option<String>,
+
+    /// Log format on stderr: text or json.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log one line per request: method, path, status, duration, bytes, upstream time.
+    #[arg(long)]
+    pub access_log: bool,
+
     /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL")]
     pub verbosity: u8,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Parses a Go-style duration (`0`, `500ms`, `30s`, `1m30s`, `2h`) as kubectl accepts it.

@@ -5,6 +5,7 @@
 //! listener → router → filter → proxy → upstream, with `credentials` and `tls` kept
 //! current beside it by `reload`. See the README's architecture section.
 
+pub mod admin;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod credentials;
 pub mod filter;
 pub mod headers;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;
@@ -29,6 +31,7 @@ use crate::config::{ConfigError, Environment};
 use crate::credentials::{Credentials, CredentialsError};
 use crate::filter::{Filter, FilterSpec, PatternError};
 use crate::listener::ListenError;
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::router::ApiPrefix;
 use crate::shutdown::Signal;
@@ -96,20 +99,36 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         tracing::warn!("the API server URL is plain http: no credentials will be sent");
     }
 
+    let admin = match &cli.admin_address {
+        Some(addr) => Some(admin::bind(addr).await?),
+        None => None,
+    };
+
+    let metrics = Arc::new(Metrics::default());
+    let times = creds.token_times();
+    metrics.token_times(times.issued, times.expiry);
     let reload = reload::spawn(
         creds.clone(),
         upstream.ca.is_some().then(|| tls.clone()),
-        Arc::new(()),
+        metrics.clone(),
     );
-    let proxy = Arc::new(Proxy::new(
+    let proxy = Arc::new(Proxy::new(proxy::Parts {
         upstream,
         client,
         connector,
         creds,
         filter,
-        ApiPrefix::new(&cli.api_prefix),
-        shutdown.clone(),
-    ));
+        prefix: ApiPrefix::new(&cli.api_prefix),
+        shutdown: shutdown.clone(),
+        metrics,
+        access_log: cli.access_log,
+    }));
+    if let Some(admin) = admin {
+        if let Ok(addr) = admin.local_addr() {
+            tracing::info!("admin endpoints on http://{addr} (/healthz, /readyz, /metrics)");
+        }
+        admin::spawn(admin, proxy.clone(), shutdown.clone());
+    }
     let server = tokio::spawn(listener::serve(listener, proxy, shutdown));
 
     // Scripts wait for exactly this line on stdout.

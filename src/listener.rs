@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::metrics::Open;
 use crate::proxy::{Peer, Proxy};
 use crate::shutdown::Shutdown;
 
@@ -97,6 +98,7 @@ async fn connection(
     shutdown: Shutdown,
 ) {
     let _guard = shutdown.guard();
+    let _open = proxy.metrics.open(Open::Connection);
     let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| proxy.clone().handle(req, peer));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

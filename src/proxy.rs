@@ -6,17 +6,19 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::body::ProxyBody;
+use crate::body::{AccessLog, ProxyBody, Tracked};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::filter::Filter;
 use crate::headers;
+use crate::metrics::{Metrics, Open, UpstreamErrorKind};
 use crate::router::{ApiPrefix, Route};
 use crate::shutdown::Shutdown;
 use crate::status::{self, Reason};
@@ -32,6 +34,8 @@ pub struct Proxy {
     pub(crate) filter: Option<Filter>,
     pub(crate) prefix: ApiPrefix,
     pub(crate) shutdown: Shutdown,
+    pub(crate) metrics: Arc<Metrics>,
+    access_log: bool,
     host: HeaderValue,
     user_agent: HeaderValue,
 }
@@ -44,26 +48,38 @@ pub enum Peer {
     Unix,
 }
 
+/// How long the API server took to send response headers; carried in the response's
+/// extensions to the access log.
+#[derive(Debug, Clone, Copy)]
+struct UpstreamTime(Duration);
+
+/// The parts [`Proxy`] is assembled from.
+pub struct Parts {
+    pub upstream: Upstream,
+    pub client: UpstreamClient,
+    pub connector: Connector,
+    pub creds: Arc<Credentials>,
+    pub filter: Option<Filter>,
+    pub prefix: ApiPrefix,
+    pub shutdown: Shutdown,
+    pub metrics: Arc<Metrics>,
+    pub access_log: bool,
+}
+
 impl Proxy {
-    pub fn new(
-        upstream: Upstream,
-        client: UpstreamClient,
-        connector: Connector,
-        creds: Arc<Credentials>,
-        filter: Option<Filter>,
-        prefix: ApiPrefix,
-        shutdown: Shutdown,
-    ) -> Self {
-        let host = HeaderValue::from_str(upstream.authority.as_str())
+    pub fn new(p: Parts) -> Self {
+        let host = HeaderValue::from_str(p.upstream.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
         Proxy {
-            upstream,
-            client,
-            connector,
-            creds,
-            filter,
-            prefix,
-            shutdown,
+            upstream: p.upstream,
+            client: p.client,
+            connector: p.connector,
+            creds: p.creds,
+            filter: p.filter,
+            prefix: p.prefix,
+            shutdown: p.shutdown,
+            metrics: p.metrics,
+            access_log: p.access_log,
             host,
             user_agent: HeaderValue::from_static(concat!(
                 "kube-ambassador/",
@@ -78,7 +94,46 @@ impl Proxy {
         req: Request<Incoming>,
         peer: Peer,
     ) -> Result<Response<ProxyBody>, Infallible> {
-        Ok(self.serve(req, peer).await)
+        let start = Instant::now();
+        let method = req.method().clone();
+        let path = self.access_log.then(|| req.uri().path().to_owned());
+        let mut resp = self.serve(req, peer).await;
+        let status = resp.status().as_u16();
+        self.metrics.request(&method, status, start.elapsed());
+        if let Some(path) = path {
+            let upstream = resp
+                .extensions()
+                .get::<UpstreamTime>()
+                .map_or(Duration::ZERO, |t| t.0);
+            let mut log = AccessLog {
+                method,
+                path,
+                status,
+                start,
+                upstream,
+                bytes: 0,
+            };
+            let body = resp.body_mut();
+            match body {
+                ProxyBody::Tracked(t) => t.log = Some(log),
+                ProxyBody::Stream(_) => {
+                    let ProxyBody::Stream(inner) = std::mem::replace(body, ProxyBody::empty())
+                    else {
+                        unreachable!("matched above")
+                    };
+                    *body = ProxyBody::Tracked(Box::new(Tracked {
+                        inner,
+                        stop: None,
+                        watch: None,
+                        log: Some(log),
+                    }));
+                }
+                ProxyBody::Full(bytes) => {
+                    log.bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
+                }
+            }
+        }
+        Ok(resp)
     }
 
     async fn serve(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
@@ -198,10 +253,12 @@ impl Proxy {
         };
         let method = parts.method;
         let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
+        let sent_at = Instant::now();
         let mut resp = match self.client.request(upstream_req).await {
             Ok(resp) => resp,
             Err(e) => return self.upstream_error(&e),
         };
+        self.metrics.upstream_answered();
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let (Some(sent), Some(mut headers)) = (sent, replay) {
                 if let Some(newer) = self.creds.refresh_after_unauthorized(&sent).await {
@@ -214,6 +271,7 @@ impl Proxy {
                         Ok(resp) => resp,
                         Err(e) => return self.upstream_error(&e),
                     };
+                    self.metrics.upstream_answered();
                 }
             }
         }
@@ -221,15 +279,41 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         // Our side speaks its own protocol version, whatever the upstream spoke.
         parts.version = Version::default();
+        parts.extensions.insert(UpstreamTime(sent_at.elapsed()));
         let body = if long_lived {
-            ProxyBody::Until {
+            ProxyBody::Tracked(Box::new(Tracked {
                 inner: body,
-                stop: self.shutdown.watches_end(),
-            }
+                stop: Some(self.shutdown.watches_end()),
+                watch: Some(self.metrics.open(Open::Watch)),
+                log: None,
+            }))
         } else {
             ProxyBody::Stream(body)
         };
         Response::from_parts(parts, body)
+    }
+
+    /// Asks the API server for `/version` (readable by everyone) to learn whether it is
+    /// answering; the outcome lands in the metrics that `/readyz` reads.
+    pub async fn probe(&self) {
+        let Some(target) = self.upstream_uri("/version", None) else {
+            return;
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, self.host.clone());
+        headers.insert(header::USER_AGENT, self.user_agent.clone());
+        if let Some(auth) = self.creds.header() {
+            headers.insert(header::AUTHORIZATION, auth);
+        }
+        let req = build(&Method::GET, &target, headers, ProxyBody::empty());
+        match self.client.request(req).await {
+            Ok(_) => self.metrics.upstream_answered(),
+            Err(e) => {
+                let (_, _, kind, what) = classify(&e);
+                self.metrics.upstream_error(kind);
+                tracing::debug!("readiness probe of the API server failed: {what}");
+            }
+        }
     }
 
     /// A Status response for a failure to get an answer from the API server.
@@ -237,7 +321,8 @@ impl Proxy {
         &self,
         err: &(dyn std::error::Error + 'static),
     ) -> Response<ProxyBody> {
-        let (code, reason, what) = classify(err);
+        let (code, reason, kind, what) = classify(err);
+        self.metrics.upstream_error(kind);
         let message = format!(
             "error trying to reach the API server at {}: {what}",
             self.upstream.origin()
@@ -272,8 +357,10 @@ fn is_watch(path: &str, query: Option<&str>) -> bool {
         || path.split('/').nth(4) == Some("watch")
 }
 
-/// Maps a client error to a status, a Status reason and a short cause.
-fn classify(err: &(dyn std::error::Error + 'static)) -> (StatusCode, Reason, String) {
+/// Maps a client error to a status, a Status reason, a metric label and a short cause.
+fn classify(
+    err: &(dyn std::error::Error + 'static),
+) -> (StatusCode, Reason, UpstreamErrorKind, String) {
     let mut cause: Option<String> = None;
     let mut io_kind = None;
     let mut tls = None;
@@ -295,6 +382,7 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> (StatusCode, Reason, Str
         return (
             StatusCode::BAD_GATEWAY,
             Reason::ServiceUnavailable,
+            UpstreamErrorKind::Tls,
             format!("TLS handshake failed: {tls}"),
         );
     }
@@ -302,19 +390,27 @@ fn classify(err: &(dyn std::error::Error + 'static)) -> (StatusCode, Reason, Str
         Some(std::io::ErrorKind::TimedOut) => (
             StatusCode::GATEWAY_TIMEOUT,
             Reason::Timeout,
+            UpstreamErrorKind::Timeout,
             format!("connection timed out ({cause})"),
         ),
         Some(std::io::ErrorKind::ConnectionRefused) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Reason::ServiceUnavailable,
+            UpstreamErrorKind::Refused,
             "connection refused".to_owned(),
         ),
         _ if parse => (
             StatusCode::BAD_GATEWAY,
             Reason::ServiceUnavailable,
+            UpstreamErrorKind::Malformed,
             format!("malformed response ({cause})"),
         ),
-        _ => (StatusCode::BAD_GATEWAY, Reason::ServiceUnavailable, cause),
+        _ => (
+            StatusCode::BAD_GATEWAY,
+            Reason::ServiceUnavailable,
+            UpstreamErrorKind::Other,
+            cause,
+        ),
     }
 }
 
@@ -364,11 +460,13 @@ mod tests {
     fn io_wrapped_tls_error_is_classified() {
         let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
-        let (code, _, msg) = classify(&io);
+        let (code, _, kind, msg) = classify(&io);
+        assert_eq!(kind, UpstreamErrorKind::Tls);
         assert_eq!(code, StatusCode::BAD_GATEWAY);
         assert!(msg.contains("TLS handshake failed"), "{msg}");
         let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         assert_eq!(classify(&refused).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(classify(&refused).2, UpstreamErrorKind::Refused);
         let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
         assert_eq!(classify(&timeout).1, Reason::Timeout);
     }

@@ -24,6 +24,8 @@ const SAFETY_NET: Duration = Duration::from_secs(1);
 pub trait ReloadObserver: Send + Sync + 'static {
     fn token_reloaded(&self, _outcome: Reload) {}
     fn ca_reloaded(&self, _ok: bool) {}
+    /// The current token's `iat` and `exp` (Unix seconds), when it has them.
+    fn token_times(&self, _issued: Option<i64>, _expiry: Option<i64>) {}
 }
 
 impl ReloadObserver for () {}
@@ -53,10 +55,11 @@ pub fn spawn(
         let mut tick = tokio::time::interval(SAFETY_NET);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        let mut warned_for: Option<i64> = None;
         loop {
             tokio::select! {
                 () = events.next() => {}
-                _ = tick.tick() => {}
+                _ = tick.tick() => warn_if_not_rotated(&creds, &mut warned_for),
             }
             let (creds, tls, observer) = (creds.clone(), tls.clone(), observer.clone());
             let _ =
@@ -71,6 +74,10 @@ fn reload_all(creds: &Credentials, tls: Option<&Tls>, observer: &dyn ReloadObser
     if outcome != Reload::Unchanged {
         observer.token_reloaded(outcome);
     }
+    if outcome == Reload::Changed {
+        let times = creds.token_times();
+        observer.token_times(times.issued, times.expiry);
+    }
     if let Some(tls) = tls {
         match tls.reload_blocking() {
             Ok(false) => {}
@@ -83,6 +90,21 @@ fn reload_all(creds: &Credentials, tls: Option<&Tls>, observer: &dyn ReloadObser
                 observer.ca_reloaded(false);
             }
         }
+    }
+}
+
+/// The kubelet refreshes a projected token at 80% of its lifetime; one still in use past
+/// 90% means the refresh is failing. Warns once per token.
+fn warn_if_not_rotated(creds: &Credentials, warned_for: &mut Option<i64>) {
+    let times = creds.token_times();
+    let Some(expiry) = times.expiry else { return };
+    let now = crate::metrics::unix_now();
+    if *warned_for != Some(expiry) && times.stale(now) {
+        *warned_for = Some(expiry);
+        tracing::warn!(
+            expires_in_seconds = expiry - now,
+            "the token is close to expiry and has not been rotated: is the kubelet refreshing it?"
+        );
     }
 }
 

@@ -63,13 +63,15 @@ pub async fn forward(
         Ok(resp) => resp,
         Err(e) => return proxy.upstream_error(&e),
     };
+    proxy.metrics.upstream_answered();
 
     match resp.status() {
         StatusCode::SWITCHING_PROTOCOLS => {
             let upstream_side = hyper::upgrade::on(&mut resp);
             let guard = proxy.shutdown.guard();
+            let active = proxy.metrics.open(crate::metrics::Open::Upgrade);
             tokio::spawn(async move {
-                let _guard = guard;
+                let _guards = (guard, active);
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);

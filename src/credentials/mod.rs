@@ -7,6 +7,7 @@
 //! Only this module ever sees the token's bytes; everything else handles an opaque,
 //! sensitive `HeaderValue`.
 
+mod jwt;
 mod token_file;
 
 use std::fmt;
@@ -18,6 +19,7 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::Mutex;
 
+pub use jwt::TokenTimes;
 pub use token_file::TokenFileError;
 
 /// A secret string: its `Debug` and `Display` never show the value.
@@ -135,6 +137,14 @@ impl Credentials {
     /// The `Authorization` value for the next request. No I/O, no lock.
     pub fn header(&self) -> Option<HeaderValue> {
         self.current.load().as_deref().cloned()
+    }
+
+    /// The current token's validity window, if it is a JWT.
+    pub fn token_times(&self) -> TokenTimes {
+        match self.current.load().as_deref() {
+            Some(h) => jwt::times(h.as_bytes().strip_prefix(b"Bearer ").unwrap_or_default()),
+            None => TokenTimes::default(),
+        }
     }
 
     /// Re-reads a file source; keeps the last good token when the read fails. Blocking

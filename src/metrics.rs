@@ -1,0 +1,416 @@
+//! Counters and gauges for `/metrics`, updated on the request path with plain atomics.
+//!
+//! prometheus-client's labelled `Family` takes a lock on every update; the request path
+//! takes none, so the label space is fixed up front (method × status code, error kinds,
+//! reload results) and stored in atomic arrays that a `Collector` renders at scrape time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::Method;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::credentials::Reload;
+use crate::reload::ReloadObserver;
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+const CODES: usize = 500; // 100..=599
+/// Upper bounds of the duration histogram, in seconds.
+const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Why a request got no answer from the API server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    Refused,
+    Timeout,
+    Tls,
+    Malformed,
+    Other,
+}
+
+impl UpstreamErrorKind {
+    const ALL: [UpstreamErrorKind; 5] = [
+        UpstreamErrorKind::Refused,
+        UpstreamErrorKind::Timeout,
+        UpstreamErrorKind::Tls,
+        UpstreamErrorKind::Malformed,
+        UpstreamErrorKind::Other,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            UpstreamErrorKind::Refused => "refused",
+            UpstreamErrorKind::Timeout => "timeout",
+            UpstreamErrorKind::Tls => "tls",
+            UpstreamErrorKind::Malformed => "malformed",
+            UpstreamErrorKind::Other => "other",
+        }
+    }
+}
+
+/// All metrics of one process.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    requests: Box<[AtomicU64]>,
+    duration_buckets: [AtomicU64; BUCKETS.len()],
+    duration_count: AtomicU64,
+    duration_sum_micros: AtomicU64,
+    upstream_errors: [AtomicU64; 5],
+    open_connections: AtomicI64,
+    active_watches: AtomicI64,
+    active_upgrades: AtomicI64,
+    token_reloads: [AtomicU64; 2],
+    ca_reloads: [AtomicU64; 2],
+    /// Unix seconds of the token's `exp` claim, 0 if unknown.
+    token_expiry: AtomicI64,
+    /// Unix seconds when the current token was issued (`iat`) or first seen.
+    token_issued: AtomicI64,
+    /// Orders answers and failures: whichever happened last decides readiness.
+    events: AtomicU64,
+    last_answer_seq: AtomicU64,
+    last_failure_seq: AtomicU64,
+    /// Milliseconds since `started` of the last answer from the API server.
+    last_answer_ms: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            started: Instant::now(),
+            requests: (0..METHODS.len() * CODES)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            duration_buckets: Default::default(),
+            duration_count: AtomicU64::new(0),
+            duration_sum_micros: AtomicU64::new(0),
+            upstream_errors: Default::default(),
+            open_connections: AtomicI64::new(0),
+            active_watches: AtomicI64::new(0),
+            active_upgrades: AtomicI64::new(0),
+            token_reloads: Default::default(),
+            ca_reloads: Default::default(),
+            token_expiry: AtomicI64::new(0),
+            token_issued: AtomicI64::new(0),
+            events: AtomicU64::new(0),
+            last_answer_seq: AtomicU64::new(0),
+            last_failure_seq: AtomicU64::new(0),
+            last_answer_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// The gauges that count open things.
+#[derive(Debug, Clone, Copy)]
+pub enum Open {
+    Connection,
+    Watch,
+    Upgrade,
+}
+
+/// Counts one open thing until dropped.
+pub struct GaugeGuard {
+    metrics: Arc<Metrics>,
+    which: Open,
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .gauge(self.which)
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn method_index(m: &Method) -> usize {
+    METHODS[..7]
+        .iter()
+        .position(|name| *name == m.as_str())
+        .unwrap_or(7)
+}
+
+impl Metrics {
+    /// One answered request: its method, status and time to response headers.
+    pub fn request(&self, method: &Method, code: u16, elapsed: Duration) {
+        let code = usize::from(code).clamp(100, 599) - 100;
+        self.requests[method_index(method) * CODES + code].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.duration_count.fetch_add(1, Ordering::Relaxed);
+        self.duration_sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
+        self.upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+        let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_failure_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// The API server answered (any status).
+    pub fn upstream_answered(&self) {
+        self.last_answer_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_answer_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// Time since the API server last answered, if it ever did and has not failed since.
+    pub fn since_last_answer(&self) -> Option<Duration> {
+        let ok = self.last_answer_seq.load(Ordering::Relaxed);
+        if ok == 0 || self.last_failure_seq.load(Ordering::Relaxed) > ok {
+            return None;
+        }
+        let at = Duration::from_millis(self.last_answer_ms.load(Ordering::Relaxed));
+        Some(self.started.elapsed().saturating_sub(at))
+    }
+
+    fn gauge(&self, which: Open) -> &AtomicI64 {
+        match which {
+            Open::Connection => &self.open_connections,
+            Open::Watch => &self.active_watches,
+            Open::Upgrade => &self.active_upgrades,
+        }
+    }
+
+    /// Counts a connection, watch or tunnel as open until the guard drops.
+    pub fn open(self: &Arc<Self>, which: Open) -> GaugeGuard {
+        self.gauge(which).fetch_add(1, Ordering::Relaxed);
+        GaugeGuard {
+            metrics: self.clone(),
+            which,
+        }
+    }
+
+    /// Records the current token's validity window (Unix seconds).
+    pub fn token_times(&self, issued: Option<i64>, expiry: Option<i64>) {
+        let now = unix_now();
+        self.token_issued
+            .store(issued.unwrap_or(now), Ordering::Relaxed);
+        self.token_expiry
+            .store(expiry.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// A registry holding these metrics, for the admin endpoint.
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self.clone()));
+        registry
+    }
+}
+
+impl ReloadObserver for Metrics {
+    fn token_reloaded(&self, outcome: Reload) {
+        let i = usize::from(outcome == Reload::Failed);
+        self.token_reloads[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn ca_reloaded(&self, ok: bool) {
+        self.ca_reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn token_times(&self, issued: Option<i64>, expiry: Option<i64>) {
+        Metrics::token_times(self, issued, expiry);
+    }
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &[(&[(&str, &str)], u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in series {
+        let labels: Vec<(&str, &str)> = labels.to_vec();
+        ConstCounter::new(*value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let g = ConstGauge::new(value);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Metrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family = encoder.encode_descriptor(
+            "kube_ambassador_requests",
+            "Requests answered, by method and HTTP status code.",
+            None,
+            MetricType::Counter,
+        )?;
+        for (mi, method) in METHODS.iter().enumerate() {
+            for ci in 0..CODES {
+                let n = load(&self.requests[mi * CODES + ci]);
+                if n > 0 {
+                    let code = (ci + 100).to_string();
+                    let labels = [("method", *method), ("code", code.as_str())];
+                    ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .zip(&self.duration_buckets)
+            .map(|(b, c)| (*b, load(c)))
+            .collect();
+        let count = load(&self.duration_count);
+        let mut hist = encoder.encode_descriptor(
+            "kube_ambassador_request_duration_seconds",
+            "Time from receiving a request to sending its response headers.",
+            None,
+            MetricType::Histogram,
+        )?;
+        let sum = load(&self.duration_sum_micros) as f64 / 1e6;
+        let mut all = buckets;
+        all.push((f64::INFINITY, count));
+        hist.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &all, None)?;
+
+        let errors: Vec<([(&str, &str); 1], u64)> = UpstreamErrorKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    [("kind", k.as_str())],
+                    load(&self.upstream_errors[*k as usize]),
+                )
+            })
+            .collect();
+        let errors: Vec<(&[(&str, &str)], u64)> =
+            errors.iter().map(|(l, v)| (&l[..], *v)).collect();
+        counter(
+            &mut encoder,
+            "kube_ambassador_upstream_errors",
+            "Requests that got no answer from the API server, by cause.",
+            &errors,
+        )?;
+        let results =
+            |a: &[AtomicU64; 2], ok: &'static str| [(ok, load(&a[0])), ("failed", load(&a[1]))];
+        for (name, help, values) in [
+            (
+                "kube_ambassador_token_reloads",
+                "Token re-reads that changed the token, or failed (last good token kept).",
+                results(&self.token_reloads, "changed"),
+            ),
+            (
+                "kube_ambassador_ca_reloads",
+                "CA re-reads that changed the trust anchors, or failed (old CA kept).",
+                results(&self.ca_reloads, "changed"),
+            ),
+        ] {
+            let labels: Vec<([(&str, &str); 1], u64)> =
+                values.iter().map(|(r, v)| ([("result", *r)], *v)).collect();
+            let series: Vec<(&[(&str, &str)], u64)> =
+                labels.iter().map(|(l, v)| (&l[..], *v)).collect();
+            counter(&mut encoder, name, help, &series)?;
+        }
+
+        gauge(
+            &mut encoder,
+            "kube_ambassador_open_connections",
+            "Client connections currently open.",
+            self.open_connections.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "kube_ambassador_active_watches",
+            "Watches and followed logs currently streaming.",
+            self.active_watches.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "kube_ambassador_active_upgrades",
+            "Upgraded connections (exec, attach, port-forward) currently open.",
+            self.active_upgrades.load(Ordering::Relaxed),
+        )?;
+        let expiry = self.token_expiry.load(Ordering::Relaxed);
+        if expiry > 0 {
+            gauge(
+                &mut encoder,
+                "kube_ambassador_token_expiry_timestamp_seconds",
+                "The current token's expiry (JWT exp claim, read without verification).",
+                expiry,
+            )?;
+        }
+        let issued = self.token_issued.load(Ordering::Relaxed);
+        if issued > 0 {
+            gauge(
+                &mut encoder,
+                "kube_ambassador_token_age_seconds",
+                "Seconds since the current token was issued (JWT iat) or first read.",
+                unix_now() - issued,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Arc::new(Metrics::default());
+        m.request(&Method::GET, 200, Duration::from_millis(3));
+        m.request(
+            &Method::from_bytes(b"BREW").unwrap(),
+            404,
+            Duration::from_secs(20),
+        );
+        m.upstream_error(UpstreamErrorKind::Tls);
+        ReloadObserver::token_reloaded(&*m, Reload::Changed);
+        let _w = m.open(Open::Watch);
+        m.token_times(Some(unix_now() - 5), Some(2_000_000_000));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry()).unwrap();
+        for want in [
+            "kube_ambassador_requests_total{method=\"GET\",code=\"200\"} 1",
+            "kube_ambassador_requests_total{method=\"other\",code=\"404\"} 1",
+            "kube_ambassador_request_duration_seconds_bucket{le=\"0.005\"} 1",
+            "kube_ambassador_request_duration_seconds_count 2",
+            "kube_ambassador_upstream_errors_total{kind=\"tls\"} 1",
+            "kube_ambassador_token_reloads_total{result=\"changed\"} 1",
+            "kube_ambassador_active_watches 1",
+            "kube_ambassador_token_expiry_timestamp_seconds 2000000000",
+        ] {
+            assert!(out.contains(want), "missing {want:?} in\n{out}");
+        }
+        assert!(m.since_last_answer().is_none());
+        m.upstream_answered();
+        assert!(m.since_last_answer().is_some());
+        m.upstream_error(UpstreamErrorKind::Refused);
+        assert!(m.since_last_answer().is_none());
+    }
+}
