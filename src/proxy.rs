@@ -321,6 +321,7 @@ impl Proxy {
         &self,
         err: &(dyn std::error::Error + 'static),
     ) -> Response<ProxyBody> {
+        tracing::debug!("upstream error chain: {err:?}");
         let (code, reason, kind, what) = classify(err);
         self.metrics.upstream_error(kind);
         let message = format!(
@@ -423,16 +424,13 @@ fn chain<'a>(
     let mut next = Some(err);
     while let Some(e) = next {
         out.push(e);
-        if let Some(inner) = e
+        next = match e
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
         {
-            let inner: &(dyn std::error::Error + 'static) = inner;
-            out.push(inner);
-            next = inner.source();
-        } else {
-            next = e.source();
-        }
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     out
 }
@@ -460,6 +458,8 @@ mod tests {
     fn io_wrapped_tls_error_is_classified() {
         let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        // hyper-rustls wraps the handshake's io::Error in another one.
+        let io = std::io::Error::other(io);
         let (code, _, kind, msg) = classify(&io);
         assert_eq!(kind, UpstreamErrorKind::Tls);
         assert_eq!(code, StatusCode::BAD_GATEWAY);

@@ -1,0 +1,60 @@
+//! Shared test-support library for the integration tests (and the `fake-apiserver` example):
+//! certificates, a fake Kubernetes API server, a kubelet-style service-account directory,
+//! a launcher for the real binary and a small HTTP client.
+//!
+//! Each test binary includes this with `mod support;` and uses only part of it, hence the
+//! blanket `dead_code` allowance.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod fake_api;
+pub mod pki;
+// The binary's path (`CARGO_BIN_EXE_*`) is only known to integration tests, not to examples.
+#[cfg(test)]
+pub mod proxy;
+pub mod world;
+
+use std::future::Future;
+use std::time::Duration;
+
+// Re-exports for convenience; each test binary uses only some of them.
+#[allow(unused_imports)]
+pub use client::Resp;
+#[allow(unused_imports)]
+pub use fake_api::{FakeApi, FakeApiOptions, Seen};
+#[allow(unused_imports)]
+pub use pki::Pki;
+#[cfg(test)]
+#[allow(unused_imports)]
+pub use proxy::{Proxy, ProxyAddr};
+#[allow(unused_imports)]
+pub use world::World;
+
+/// How long any `wait_*` helper waits before failing the test. Generous because CI
+/// machines are small and the proxy binary may be started cold.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Lowercase hex SHA-256 of `data` (what `/echo` reports as `body_sha256`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
+}
+
+/// Lowercase hex encoding.
+pub fn hex(data: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(data.len() * 2);
+    for b in data {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// Awaits `fut`, failing the test with `what` if it takes longer than [`WAIT`]: every wait in
+/// the tests is on an event, and this bound only turns a hang into a readable failure.
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(WAIT, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
+    }
+}
