@@ -8,16 +8,58 @@
 
 use std::time::Duration;
 
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tower_service::Service;
+
+use crate::body::BoxError;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::ProxyBody;
 use crate::config::Upstream;
 use crate::tls::Tls;
 
-pub type Connector = HttpsConnector<HttpConnector>;
+/// hyper-rustls over TCP, with one deadline for TCP connect *and* TLS handshake: a
+/// server that accepts TCP but never completes the handshake must not hang a request.
+#[derive(Clone)]
+pub struct Connector {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+impl Service<Uri> for Connector {
+    type Response = Stream;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connecting = self.inner.call(uri);
+        let limit = self.timeout;
+        Box::pin(async move {
+            match tokio::time::timeout(limit, connecting).await {
+                Ok(result) => result,
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no TLS connection within {limit:?}"),
+                )
+                .into()),
+            }
+        })
+    }
+}
 pub type UpstreamClient = Client<Connector, ProxyBody>;
 
 /// Connection settings.
@@ -34,7 +76,8 @@ pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Conne
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
-    tcp.set_connect_timeout(Some(opts.connect_timeout));
+    // The whole connect, handshake included, is bounded by `Connector`.
+    tcp.set_connect_timeout(None);
     tcp.set_keepalive((!opts.keepalive.is_zero()).then_some(opts.keepalive));
     let builder =
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.client_config()).clone());
@@ -43,10 +86,14 @@ pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Conne
     } else {
         builder.https_or_http()
     };
-    builder
+    let inner = builder
         .with_server_name_resolver(FixedServerNameResolver::new(upstream.server_name.clone()))
         .enable_http1()
-        .wrap_connector(tcp)
+        .wrap_connector(tcp);
+    Connector {
+        inner,
+        timeout: opts.connect_timeout,
+    }
 }
 
 /// The pooled client for ordinary requests.
