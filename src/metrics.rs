@@ -63,7 +63,8 @@ impl UpstreamErrorKind {
 pub struct Metrics {
     started: Instant,
     requests: Box<[AtomicU64]>,
-    duration_buckets: [AtomicU64; BUCKETS.len()],
+    /// Per-bucket (not cumulative) counts; the last slot is above the largest bound.
+    duration_buckets: [AtomicU64; BUCKETS.len() + 1],
     duration_count: AtomicU64,
     duration_sum_micros: AtomicU64,
     upstream_errors: [AtomicU64; 5],
@@ -145,11 +146,11 @@ impl Metrics {
         let code = usize::from(code).clamp(100, 599) - 100;
         self.requests[method_index(method) * CODES + code].fetch_add(1, Ordering::Relaxed);
         let secs = elapsed.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.duration_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.duration_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.duration_count.fetch_add(1, Ordering::Relaxed);
         self.duration_sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -281,8 +282,10 @@ impl Collector for Metrics {
             }
         }
 
+        // The encoder accumulates the per-bucket counts itself.
         let buckets: Vec<(f64, u64)> = BUCKETS
             .iter()
+            .chain(std::iter::once(&f64::INFINITY))
             .zip(&self.duration_buckets)
             .map(|(b, c)| (*b, load(c)))
             .collect();
@@ -294,9 +297,9 @@ impl Collector for Metrics {
             MetricType::Histogram,
         )?;
         let sum = load(&self.duration_sum_micros) as f64 / 1e6;
-        let mut all = buckets;
-        all.push((f64::INFINITY, count));
-        hist.encode_histogram::<prometheus_client::encoding::NoLabelSet>(sum, count, &all, None)?;
+        hist.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            sum, count, &buckets, None,
+        )?;
 
         let errors: Vec<([(&str, &str); 1], u64)> = UpstreamErrorKind::ALL
             .iter()
@@ -400,6 +403,8 @@ mod tests {
             "kube_ambassador_requests_total{method=\"other\",code=\"404\"} 1",
             "kube_ambassador_request_duration_seconds_bucket{le=\"0.005\"} 1",
             "kube_ambassador_request_duration_seconds_count 2",
+            "kube_ambassador_request_duration_seconds_bucket{le=\"10.0\"} 1",
+            "kube_ambassador_request_duration_seconds_bucket{le=\"+Inf\"} 2",
             "kube_ambassador_upstream_errors_total{kind=\"tls\"} 1",
             "kube_ambassador_token_reloads_total{result=\"changed\"} 1",
             "kube_ambassador_active_watches 1",
