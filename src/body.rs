@@ -13,14 +13,17 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::metrics::GaugeGuard;
+use crate::www::FileBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A streamed body, a small body made by the proxy, or a tracked response stream.
+/// A streamed body, a small body made by the proxy, a tracked response stream, or a
+/// static file (`--www`).
 pub enum ProxyBody {
     Stream(Incoming),
     Full(Option<Bytes>),
     Tracked(Box<Tracked>),
+    File(Box<FileBody>),
 }
 
 /// A response stream with extras: it may end at shutdown (a watch), count as an active
@@ -101,6 +104,7 @@ impl Body for ProxyBody {
                 }
                 polled.map_err(Into::into)
             }
+            ProxyBody::File(f) => Pin::new(f.as_mut()).poll_frame(cx).map_err(Into::into),
         }
     }
 
@@ -109,6 +113,7 @@ impl Body for ProxyBody {
             ProxyBody::Stream(inner) => inner.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Tracked(t) => t.inner.is_end_stream(),
+            ProxyBody::File(f) => f.is_end_stream(),
         }
     }
 
@@ -121,6 +126,7 @@ impl Body for ProxyBody {
             // A stream that may end early has no exact size; otherwise pass it on.
             ProxyBody::Tracked(t) if t.stop.is_some() => SizeHint::new(),
             ProxyBody::Tracked(t) => t.inner.size_hint(),
+            ProxyBody::File(f) => f.size_hint(),
         }
     }
 }

@@ -12,6 +12,9 @@ use clap::Parser;
 use crate::credentials::Secret;
 use crate::filter;
 
+/// kubectl proxy's port; `--unix-socket` may only be combined with this one.
+pub const DEFAULT_PORT: u16 = 8001;
+
 /// Serve the Kubernetes API on a local port, with TLS and credentials handled for you.
 #[derive(Parser, Clone)]
 #[command(
@@ -28,7 +31,7 @@ use crate::filter;
 )]
 pub struct Cli {
     /// The port on which to run the proxy. Set to 0 to pick a random port.
-    #[arg(short = 'p', long, default_value_t = 8001)]
+    #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
     /// The IP address on which to serve on (`::1` and `[::1]` both work for IPv6).
@@ -62,6 +65,23 @@ pub struct Cli {
     #[arg(long, default_value = "/")]
     pub api_prefix: String,
 
+    /// Also serve static files from the given directory under the specified prefix.
+    #[arg(short = 'w', long, value_name = "DIR")]
+    pub www: Option<PathBuf>,
+
+    /// Prefix to serve static files under, if static file directory is specified.
+    #[arg(short = 'P', long, default_value = "/static/")]
+    pub www_prefix: String,
+
+    /// Unix socket on which to run the proxy.
+    #[arg(short = 'u', long, value_name = "PATH")]
+    pub unix_socket: Option<PathBuf>,
+
+    /// If true, enables automatic path appending of the kube context server path to each
+    /// request.
+    #[arg(long)]
+    pub append_server_path: bool,
+
     /// keepalive specifies the keep-alive period for an active network connection to the
     /// API server. Set to 0 to disable keepalive.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
@@ -89,6 +109,58 @@ pub struct Cli {
     /// your HTTPS connections insecure.
     #[arg(long)]
     pub insecure_skip_tls_verify: bool,
+
+    /// Path to the kubeconfig file to use for CLI requests.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The name of the kubeconfig context to use.
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// The name of the kubeconfig cluster to use.
+    #[arg(long)]
+    pub cluster: Option<String>,
+
+    /// The name of the kubeconfig user to use.
+    #[arg(long)]
+    pub user: Option<String>,
+
+    /// Path to a client certificate file for TLS.
+    #[arg(long, value_name = "FILE")]
+    pub client_certificate: Option<PathBuf>,
+
+    /// Path to a client key file for TLS.
+    #[arg(long, value_name = "FILE")]
+    pub client_key: Option<PathBuf>,
+
+    /// Username to impersonate for the operation. User could be a regular user or a
+    /// service account in a namespace.
+    #[arg(long = "as", value_name = "USER")]
+    pub impersonate: Option<String>,
+
+    /// Group to impersonate for the operation, this flag can be repeated to specify
+    /// multiple groups.
+    #[arg(long = "as-group", value_name = "GROUP")]
+    pub impersonate_groups: Vec<String>,
+
+    /// UID to impersonate for the operation.
+    #[arg(long = "as-uid", value_name = "UID")]
+    pub impersonate_uid: Option<String>,
+
+    /// The length of time to wait for the API server's response headers before giving
+    /// up on a request (a watch, once started, is never cut). Zero means no timeout.
+    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+
+    /// If true, ask the API server for uncompressed responses.
+    #[arg(long)]
+    pub disable_compression: bool,
+
+    /// How long an exec credential plugin may run before it is stopped and the request
+    /// fails with an error.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub exec_timeout: Duration,
 
     /// Directory holding the pod's service-account `token`, `ca.crt` and `namespace`
     /// (used in a pod, with KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT).
@@ -185,6 +257,25 @@ mod tests {
     }
 
     #[test]
+    fn kubectls_short_flags() {
+        let cli = Cli::try_parse_from([
+            "kube-ambassador",
+            "-w",
+            "/srv/www",
+            "-P",
+            "/ui/",
+            "-u",
+            "/run/proxy.sock",
+            "--append-server-path",
+        ])
+        .unwrap();
+        assert_eq!(cli.www, Some(PathBuf::from("/srv/www")));
+        assert_eq!(cli.www_prefix, "/ui/");
+        assert_eq!(cli.unix_socket, Some(PathBuf::from("/run/proxy.sock")));
+        assert!(cli.append_server_path);
+    }
+
+    #[test]
     fn defaults_are_kubectls() {
         let cli = Cli::try_parse_from(["kube-ambassador"]).unwrap();
         assert_eq!(cli.port, 8001);
@@ -192,5 +283,9 @@ mod tests {
         assert_eq!(cli.api_prefix, "/");
         assert_eq!(cli.reject_methods, "^$");
         assert!(!cli.disable_filter);
+        assert_eq!(cli.www, None);
+        assert_eq!(cli.www_prefix, "/static/");
+        assert_eq!(cli.unix_socket, None);
+        assert!(!cli.append_server_path);
     }
 }

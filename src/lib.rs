@@ -6,6 +6,7 @@
 //! current beside it by `reload`. See the README's architecture section.
 
 pub mod admin;
+pub mod base64;
 pub mod body;
 pub mod cli;
 pub mod config;
@@ -22,6 +23,7 @@ pub mod status;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod www;
 
 use std::io::Write as _;
 use std::sync::Arc;
@@ -33,10 +35,11 @@ use crate::filter::{Filter, FilterSpec, PatternError};
 use crate::listener::ListenError;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
-use crate::router::ApiPrefix;
+use crate::router::{ApiPrefix, SamePrefix};
 use crate::shutdown::Signal;
 use crate::tls::{CaSource, Tls, TlsError};
 use crate::upstream::ConnectOptions;
+use crate::www::Www;
 
 /// Why the proxy could not start. Each message names what failed and where.
 #[derive(Debug, thiserror::Error)]
@@ -53,17 +56,45 @@ pub enum RunError {
     Listen(#[from] ListenError),
     #[error("cannot write the start-up line to stdout: {0}")]
     Stdout(std::io::Error),
+    #[error("cannot set --unix-socket and --port at the same time")]
+    UnixSocketWithPort,
+    #[error(transparent)]
+    SamePrefix(#[from] SamePrefix),
 }
 
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
+    // kubectl's own checks on its flags come first: nothing else needs to be read.
+    if cli.unix_socket.is_some() && cli.port != cli::DEFAULT_PORT {
+        return Err(RunError::UnixSocketWithPort);
+    }
+    let (prefix, www) = match &cli.www {
+        Some(dir) => (
+            ApiPrefix::new(&cli.api_prefix).with_www(&cli.www_prefix)?,
+            Some(Www::new(dir.clone())),
+        ),
+        None => (ApiPrefix::new(&cli.api_prefix), None),
+    };
     let upstream = config::resolve(&cli, &Environment::from_process())?;
-    let creds = Credentials::load(upstream.token.clone())?;
-    let tls = Tls::new(upstream.ca.clone().unwrap_or(CaSource::Insecure))?;
-    let filter = if cli.disable_filter {
+    if !cli.append_server_path && !upstream.base_path.is_empty() {
         tracing::warn!(
-            "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
+            "Your kube context contains a server path {}, use --append-server-path to \
+             automatically append the path to each request",
+            upstream.base_path
         );
+    }
+    let tls = Tls::new(
+        upstream.ca.clone().unwrap_or(CaSource::Insecure),
+        upstream.client_cert.clone(),
+    )?;
+    let creds = Credentials::load(upstream.token.clone(), Some(tls.clone()))?;
+    let filter = if cli.disable_filter {
+        // Like kubectl, no warning for a unix socket: no web page can reach it.
+        if cli.unix_socket.is_none() {
+            tracing::warn!(
+                "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
+            );
+        }
         None
     } else {
         Some(Filter::new(&FilterSpec {
@@ -81,14 +112,15 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let client = upstream::client(connector.clone());
     let (trigger, shutdown) = shutdown::channel();
 
-    let listener = listener::bind(&cli.address, cli.port).await?;
-    let local = listener.local_addr().map_err(|e| ListenError::Bind {
-        addr: cli.address.clone(),
-        reason: e.to_string(),
-    })?;
+    let listener = match &cli.unix_socket {
+        Some(path) => listener::bind_unix(path).await?,
+        None => listener::bind(&cli.address, cli.port).await?.into(),
+    };
+    let local = listener.local()?;
 
     tracing::info!(
         upstream = %upstream.origin(),
+        config = %upstream.source,
         ca = %upstream.ca.as_ref().map_or_else(|| "none (plain http)".to_owned(), CaSource::describe),
         token = %upstream.token.describe(),
         listen = %local,
@@ -107,21 +139,20 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::default());
     let times = creds.token_times();
     metrics.token_times(times.issued, times.expiry);
-    let reload = reload::spawn(
-        creds.clone(),
-        upstream.ca.is_some().then(|| tls.clone()),
-        metrics.clone(),
-    );
+    let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone());
     let proxy = Arc::new(Proxy::new(proxy::Parts {
         upstream,
         client,
         connector,
         creds,
         filter,
-        prefix: ApiPrefix::new(&cli.api_prefix),
+        prefix,
+        www,
+        append_server_path: cli.append_server_path,
         shutdown: shutdown.clone(),
         metrics,
         access_log: cli.access_log,
+        request_timeout: cli.request_timeout,
     }));
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
@@ -131,6 +162,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
     let server = tokio::spawn(listener::serve(listener, proxy, shutdown));
 
+    // Handlers in place before the line below: a script may signal as soon as it reads it.
+    let mut signals = shutdown::Signals::new();
     // Scripts wait for exactly this line on stdout.
     {
         let mut out = std::io::stdout().lock();
@@ -138,9 +171,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         out.flush().map_err(RunError::Stdout)?;
     }
 
-    let first = shutdown::signal().await;
-    tokio::spawn(async {
-        let again = shutdown::signal().await;
+    let first = signals.recv().await;
+    tokio::spawn(async move {
+        let again = signals.recv().await;
         tracing::warn!("second signal ({again:?}): exiting now");
         std::process::exit(130);
     });

@@ -1,14 +1,21 @@
-//! The client-facing side: bind, accept, serve each connection with hyper (HTTP/1.1 with
-//! upgrades, or HTTP/2 prior-knowledge "h2c"), and drain on shutdown.
+//! The client-facing side: bind (TCP, or a unix socket with `--unix-socket`), accept,
+//! serve each connection with hyper (HTTP/1.1 with upgrades, or HTTP/2 prior-knowledge
+//! "h2c"), and drain on shutdown. Both kinds of listener share one accept loop and one
+//! connection path; only the peer differs (a unix client has no address for
+//! `X-Forwarded-For`).
 
+use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::metrics::Open;
 use crate::proxy::{Peer, Proxy};
@@ -17,13 +24,71 @@ use crate::shutdown::Shutdown;
 /// How long a client may take to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Binding failed; the message is kubectl's (`listen tcp ADDR: bind: …`).
+/// How long a probe of an existing socket may take before it counts as alive (a full
+/// accept backlog makes a connect wait).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Binding failed; the message starts as kubectl's (`listen tcp ADDR: bind: …`,
+/// `listen unix PATH: bind: …`), then says why where kubectl does not.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
     #[error("listen tcp {addr}: bind: {reason}")]
     Bind { addr: String, reason: String },
+    #[error("listen unix {}: bind: {reason}", path.display())]
+    BindUnix { path: PathBuf, reason: String },
     #[error("invalid --address {0:?}: not an IP address or a resolvable host name")]
     Address(String),
+}
+
+/// Where the proxy accepts connections.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixSocket),
+}
+
+/// A bound unix socket; its file is removed when this is dropped (the accept loop has
+/// ended), unless something else has taken the path since.
+pub struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file we created, to recognise it at removal.
+    id: (u64, u64),
+}
+
+impl Drop for UnixSocket {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.id);
+        if ours {
+            if let Err(e) = std::fs::remove_file(&self.path) {
+                tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
+            }
+        }
+    }
+}
+
+impl From<TcpListener> for Listener {
+    fn from(l: TcpListener) -> Self {
+        Listener::Tcp(l)
+    }
+}
+
+impl Listener {
+    /// What the start-up line names: `127.0.0.1:8001`, `[::1]:8001`, or the socket path
+    /// (kubectl prints Go's `Addr().String()`, which is the path for a unix socket).
+    pub fn local(&self) -> Result<String, ListenError> {
+        match self {
+            Listener::Tcp(l) => {
+                l.local_addr()
+                    .map(|a| a.to_string())
+                    .map_err(|e| ListenError::Bind {
+                        addr: "local address".to_owned(),
+                        reason: go_errno_text(&e),
+                    })
+            }
+            Listener::Unix(u) => Ok(u.path.display().to_string()),
+        }
+    }
 }
 
 /// Resolves `--address` (`127.0.0.1`, `::1`, `[::1]`, `localhost`) and binds.
@@ -48,6 +113,72 @@ pub async fn bind(address: &str, port: u16) -> Result<TcpListener, ListenError> 
         })
 }
 
+/// Binds a unix socket at `path`, readable and writable by our user only (mode 0700, as
+/// kubectl: umask 0077 while binding).
+///
+/// kubectl removes any socket found at the path, even one another process still serves;
+/// we remove only a stale one (nobody accepts on it) and refuse a live one, so a second
+/// proxy cannot silently steal the first one's clients. Anything that is not a socket is
+/// never touched.
+pub async fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
+    let fail = |reason: String| ListenError::BindUnix {
+        path: path.to_owned(),
+        reason,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            match tokio::time::timeout(PROBE_TIMEOUT, UnixStream::connect(path)).await {
+                Ok(Err(_)) => {
+                    tracing::info!("removing the stale socket {}", path.display());
+                    // If this fails, bind says why.
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(Ok(_)) | Err(_) => {
+                    return Err(fail(
+                        "address already in use (another process is serving on this socket)"
+                            .to_owned(),
+                    ));
+                }
+            }
+        }
+        Ok(m) => {
+            return Err(fail(format!(
+                "address already in use ({} is at this path, not a socket; only a stale \
+                 socket is replaced)",
+                kind_of(&m)
+            )));
+        }
+        Err(_) => {}
+    }
+    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail. Other
+    // threads creating files meanwhile only get stricter permissions, and no other code
+    // here sets the mask.
+    let old = unsafe { libc::umask(0o077) };
+    let bound = UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.map_err(|e| fail(go_errno_text(&e)))?;
+    let meta = std::fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
+    Ok(Listener::Unix(UnixSocket {
+        listener,
+        path: path.to_owned(),
+        id: (meta.dev(), meta.ino()),
+    }))
+}
+
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_file() {
+        "a regular file"
+    } else {
+        "a special file"
+    }
+}
+
 /// Go spells socket errors in lower case without the errno; scripts grep for it.
 fn go_errno_text(e: &std::io::Error) -> String {
     use std::io::ErrorKind::*;
@@ -59,8 +190,28 @@ fn go_errno_text(e: &std::io::Error) -> String {
     }
 }
 
-/// Accepts until shutdown starts, then lets each connection finish gracefully.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown) {
+/// One accepted connection.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, IpAddr),
+    Unix(UnixStream),
+}
+
+impl Listener {
+    async fn accept(&self) -> io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => {
+                let (stream, remote) = l.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Accepted::Tcp(stream, remote.ip()))
+            }
+            Listener::Unix(u) => Ok(Accepted::Unix(u.listener.accept().await?.0)),
+        }
+    }
+}
+
+/// Accepts until shutdown starts, then lets each connection finish gracefully. The
+/// listener is dropped on return, which removes a unix socket's file.
+pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: Shutdown) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -68,9 +219,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown)
         .header_read_timeout(HEADER_READ_TIMEOUT);
     let builder = Arc::new(builder);
     loop {
-        let (stream, remote) = tokio::select! {
+        let accepted = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
                     tracing::warn!("accept failed: {e}");
@@ -80,26 +231,29 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown)
             },
             () = shutdown.stopping() => break,
         };
-        tokio::spawn(connection(
-            stream,
-            Peer::Tcp(remote.ip()),
-            proxy.clone(),
-            builder.clone(),
-            shutdown.clone(),
-        ));
+        let (proxy, builder, shutdown) = (proxy.clone(), builder.clone(), shutdown.clone());
+        match accepted {
+            Accepted::Tcp(stream, ip) => {
+                tokio::spawn(connection(stream, Peer::Tcp(ip), proxy, builder, shutdown))
+            }
+            Accepted::Unix(stream) => {
+                tokio::spawn(connection(stream, Peer::Unix, proxy, builder, shutdown))
+            }
+        };
     }
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     peer: Peer,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: Shutdown,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let _guard = shutdown.guard();
     let _open = proxy.metrics.open(Open::Connection);
-    let _ = stream.set_nodelay(true);
     let service = service_fn(move |req| proxy.clone().handle(req, peer));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
@@ -113,5 +267,74 @@ async fn connection(
     };
     if let Err(e) = result {
         tracing::debug!("client connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[tokio::test]
+    async fn a_unix_socket_is_private_replaces_only_a_stale_socket_and_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.sock");
+        let first = bind_unix(&path).await.unwrap();
+        assert_eq!(first.local().unwrap(), path.display().to_string());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+
+        // Alive: refused, and the file is left alone.
+        let err = bind_unix(&path).await.err().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "listen unix {}: bind: address already in use",
+                path.display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("another process"), "{err}");
+
+        // Stale (nobody accepts): replaced. A std listener leaves its file behind.
+        drop(first);
+        assert!(!path.exists(), "the socket file is removed on drop");
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let second = bind_unix(&path).await.unwrap();
+        drop(second);
+        assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_socket_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("data");
+        std::fs::write(&file, "keep me").unwrap();
+        let err = bind_unix(&file).await.err().unwrap().to_string();
+        assert!(
+            err.contains("address already in use") && err.contains("a regular file"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+        let err = bind_unix(dir.path()).await.err().unwrap().to_string();
+        assert!(err.contains("a directory"), "{err}");
+        let missing = dir.path().join("no/such/dir/s.sock");
+        let err = bind_unix(&missing).await.err().unwrap().to_string();
+        assert!(err.starts_with("listen unix "), "{err}");
+    }
+
+    #[test]
+    fn removal_spares_a_file_that_replaced_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt.block_on(bind_unix(&path)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        rt.block_on(async move { drop(listener) });
+        assert!(path.exists(), "someone else's socket was removed");
     }
 }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
@@ -24,6 +24,7 @@ use crate::shutdown::Shutdown;
 use crate::status::{self, Reason};
 use crate::upgrade;
 use crate::upstream::{Connector, UpstreamClient};
+use crate::www::Www;
 
 /// Everything a request needs, built once.
 pub struct Proxy {
@@ -35,7 +36,15 @@ pub struct Proxy {
     pub(crate) prefix: ApiPrefix,
     pub(crate) shutdown: Shutdown,
     pub(crate) metrics: Arc<Metrics>,
+    /// Static files (`--www`); `None` keeps every request free of file I/O.
+    www: Option<Www>,
+    /// `--append-server-path`: put the server URL's path before each request's.
+    append_server_path: bool,
     access_log: bool,
+    request_timeout: Duration,
+    disable_compression: bool,
+    /// `Impersonate-*` headers from `--as`, `--as-group`, `--as-uid`.
+    impersonate: Vec<(HeaderName, HeaderValue)>,
     host: HeaderValue,
     user_agent: HeaderValue,
 }
@@ -47,6 +56,10 @@ pub enum Peer {
     /// A unix socket: no address to put in `X-Forwarded-For`.
     Unix,
 }
+
+const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
+const IMPERSONATE_GROUP: HeaderName = HeaderName::from_static("impersonate-group");
+const IMPERSONATE_UID: HeaderName = HeaderName::from_static("impersonate-uid");
 
 /// How long the API server took to send response headers; carried in the response's
 /// extensions to the access log.
@@ -63,13 +76,26 @@ pub struct Parts {
     pub prefix: ApiPrefix,
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
+    pub www: Option<Www>,
+    pub append_server_path: bool,
     pub access_log: bool,
+    pub request_timeout: Duration,
 }
 
 impl Proxy {
     pub fn new(p: Parts) -> Self {
         let host = HeaderValue::from_str(p.upstream.authority.as_str())
             .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let imp = &p.upstream.impersonate;
+        let impersonate = imp
+            .user
+            .iter()
+            .map(|u| (IMPERSONATE_USER, u))
+            .chain(imp.groups.iter().map(|g| (IMPERSONATE_GROUP, g)))
+            .chain(imp.uid.iter().map(|u| (IMPERSONATE_UID, u)))
+            .filter_map(|(name, value)| Some((name, HeaderValue::from_str(value).ok()?)))
+            .collect();
+        let disable_compression = p.upstream.disable_compression;
         Proxy {
             upstream: p.upstream,
             client: p.client,
@@ -79,7 +105,12 @@ impl Proxy {
             prefix: p.prefix,
             shutdown: p.shutdown,
             metrics: p.metrics,
+            www: p.www,
+            append_server_path: p.append_server_path,
             access_log: p.access_log,
+            request_timeout: p.request_timeout,
+            disable_compression,
+            impersonate,
             host,
             user_agent: HeaderValue::from_static(concat!(
                 "kube-ambassador/",
@@ -131,6 +162,7 @@ impl Proxy {
                 ProxyBody::Full(bytes) => {
                     log.bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
                 }
+                ProxyBody::File(file) => log.bytes = file.remaining(),
             }
         }
         Ok(resp)
@@ -151,6 +183,16 @@ impl Proxy {
                 return status::moved_permanently(req.method(), &location);
             }
             Route::NotFound => return status::not_found(),
+            // The filter guards the API only, as in kubectl.
+            Route::Static { path } => {
+                return match &self.www {
+                    Some(www) => {
+                        www.serve(req.method(), req.headers(), &path, uri.query())
+                            .await
+                    }
+                    None => status::not_found(),
+                };
+            }
             Route::BadRequest => {
                 let mut resp = status::text(StatusCode::BAD_REQUEST, "400 Bad Request");
                 resp.headers_mut()
@@ -190,9 +232,15 @@ impl Proxy {
         self.forward(req, target, peer, long_lived).await
     }
 
-    /// Fixed origin + base path + the client's path and query, byte for byte.
+    /// Fixed origin + the client's path and query, byte for byte; the server URL's path
+    /// goes first only with `--append-server-path` (kubectl's rule: without it, that path
+    /// only earns a warning at start-up).
     fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Option<Uri> {
-        let base = &self.upstream.base_path;
+        let base = if self.append_server_path {
+            self.upstream.base_path.as_str()
+        } else {
+            ""
+        };
         let mut pq =
             String::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
         pq.push_str(base);
@@ -215,6 +263,7 @@ impl Proxy {
         &self,
         headers: &mut HeaderMap,
         peer: Peer,
+        auth: Option<HeaderValue>,
     ) -> Option<HeaderValue> {
         headers::strip_hop_by_hop(headers);
         headers.insert(header::HOST, self.host.clone());
@@ -224,13 +273,119 @@ impl Proxy {
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, self.user_agent.clone());
         }
+        if self.disable_compression {
+            headers.remove(header::ACCEPT_ENCODING);
+        }
+        // A caller's own Impersonate-User replaces --as and --as-group, as in kubectl.
+        if !self.impersonate.is_empty() && !headers.contains_key(IMPERSONATE_USER) {
+            for (name, value) in &self.impersonate {
+                headers.append(name, value.clone());
+            }
+        }
         // A caller's own Authorization wins, as in kubectl.
         if headers.contains_key(header::AUTHORIZATION) {
             return None;
         }
-        let auth = self.creds.header()?;
+        let auth = auth?;
         headers.insert(header::AUTHORIZATION, auth.clone());
         Some(auth)
+    }
+
+    /// The credential for a request that carries none of its own: the cached one, after
+    /// running the exec plugin if needed. `Err` is the response to give instead.
+    pub(crate) async fn credential_for(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<HeaderValue>, Response<ProxyBody>> {
+        if headers.contains_key(header::AUTHORIZATION) {
+            return Ok(None);
+        }
+        self.creds.for_request().await.map_err(|e| {
+            let timeout = matches!(e, crate::credentials::ExecError::Timeout { .. });
+            let message = format!(
+                "cannot get credentials for the API server at {}: {e}",
+                self.upstream.origin()
+            );
+            tracing::warn!("{message}");
+            if timeout {
+                status::response(StatusCode::GATEWAY_TIMEOUT, Reason::Timeout, &message)
+            } else {
+                status::response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Reason::ServiceUnavailable,
+                    &message,
+                )
+            }
+        })
+    }
+
+    /// Sends to the API server within `--request-timeout` (time to response headers);
+    /// `Err` is the Status response to give instead.
+    async fn send(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+        let result = if self.request_timeout.is_zero() {
+            self.request_replaying(req).await
+        } else {
+            match tokio::time::timeout(self.request_timeout, self.request_replaying(req)).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.metrics.upstream_error(UpstreamErrorKind::Timeout);
+                    let message = format!(
+                        "the API server at {} did not answer within {:?} (--request-timeout)",
+                        self.upstream.origin(),
+                        self.request_timeout
+                    );
+                    tracing::warn!("{message}");
+                    return Err(status::response(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        Reason::Timeout,
+                        &message,
+                    ));
+                }
+            }
+        };
+        match result {
+            Ok(resp) => {
+                self.metrics.upstream_answered();
+                Ok(resp)
+            }
+            Err(e) => Err(self.upstream_error(&e)),
+        }
+    }
+
+    /// Sends `req`; a replayable one (no body, idempotent method) that meets a kept-alive
+    /// connection the API server had already closed is sent again, as Go's transport (and
+    /// so kubectl proxy) does: the pool can hand out such a connection in the instant
+    /// before it notices the close. Each failed attempt drops one dead connection.
+    async fn request_replaying(
+        &self,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+        let replay = replayable(&req).then(|| {
+            (
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            )
+        });
+        let mut result = self.client.request(req).await;
+        if let Some((method, uri, headers)) = replay {
+            for _ in 0..STALE_CONNECTION_RETRIES {
+                match &result {
+                    Err(e) if closed_connection(e) => {
+                        tracing::debug!(
+                            "kept-alive connection closed by the API server ({e}); sending again"
+                        );
+                        let again = build(&method, &uri, headers.clone(), ProxyBody::empty());
+                        result = self.client.request(again).await;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        result
     }
 
     async fn forward(
@@ -242,36 +397,36 @@ impl Proxy {
     ) -> Response<ProxyBody> {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
-        let sent = self.rewrite_request_headers(&mut headers, peer);
-        // A request without a body can be replayed after a 401 if a newer token shows
-        // up; keep what is needed for that (a header-map copy, no body).
+        let auth = match self.credential_for(&headers).await {
+            Ok(auth) => auth,
+            Err(resp) => return resp,
+        };
+        let sent = self.rewrite_request_headers(&mut headers, peer, auth);
+        // A request without a body can be replayed after a 401 if a newer credential
+        // shows up; keep what is needed for that (a header-map copy, no body).
         let replay = match &sent {
-            Some(_) if body.is_end_stream() && self.creds.watched_file().is_some() => {
-                Some(headers.clone())
-            }
+            Some(_) if body.is_end_stream() && self.creds.can_change() => Some(headers.clone()),
             _ => None,
         };
         let method = parts.method;
         let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
         let sent_at = Instant::now();
-        let mut resp = match self.client.request(upstream_req).await {
+        let mut resp = match self.send(upstream_req).await {
             Ok(resp) => resp,
-            Err(e) => return self.upstream_error(&e),
+            Err(resp) => return resp,
         };
-        self.metrics.upstream_answered();
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let (Some(sent), Some(mut headers)) = (sent, replay) {
                 if let Some(newer) = self.creds.refresh_after_unauthorized(&sent).await {
                     tracing::info!(
-                        "API server refused the token; retrying with the newer one from disk"
+                        "API server refused the credential; retrying with the renewed one"
                     );
                     headers.insert(header::AUTHORIZATION, newer);
                     let retry = build(&method, &target, headers, ProxyBody::empty());
-                    resp = match self.client.request(retry).await {
+                    resp = match self.send(retry).await {
                         Ok(resp) => resp,
-                        Err(e) => return self.upstream_error(&e),
+                        Err(resp) => return resp,
                     };
-                    self.metrics.upstream_answered();
                 }
             }
         }
@@ -302,7 +457,7 @@ impl Proxy {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, self.host.clone());
         headers.insert(header::USER_AGENT, self.user_agent.clone());
-        if let Some(auth) = self.creds.header() {
+        if let Some(auth) = self.creds.for_request().await.ok().flatten() {
             headers.insert(header::AUTHORIZATION, auth);
         }
         let req = build(&Method::GET, &target, headers, ProxyBody::empty());
@@ -413,6 +568,34 @@ fn classify(
             cause,
         ),
     }
+}
+
+/// How many times a replayable request is sent again after meeting a closed connection.
+const STALE_CONNECTION_RETRIES: usize = 3;
+
+/// Whether a request can be sent twice: an idempotent method and no body (Go's rule).
+fn replayable(req: &Request<ProxyBody>) -> bool {
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    ) && req.body().is_end_stream()
+}
+
+/// The connection was established but closed or reset before a response arrived: what a
+/// kept-alive connection the server has just closed looks like.
+fn closed_connection(err: &hyper_util::client::legacy::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    !err.is_connect()
+        && chain(err).iter().any(|e| {
+            e.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_incomplete_message)
+                || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+                    )
+                })
+        })
 }
 
 /// An error and its sources; an `io::Error`'s wrapped error is visited too (its own

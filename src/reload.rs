@@ -37,11 +37,11 @@ pub fn spawn(
     observer: Arc<dyn ReloadObserver>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut dirs: Vec<PathBuf> = Vec::new();
-    let files = [
-        creds.watched_file(),
-        tls.as_deref().and_then(Tls::watched_file),
-    ];
-    for file in files.into_iter().flatten() {
+    let mut files: Vec<&Path> = creds.watched_file().into_iter().collect();
+    if let Some(tls) = tls.as_deref() {
+        files.extend(tls.watched_files());
+    }
+    for file in files {
         let dir = parent_dir(file);
         if !dirs.contains(&dir) {
             dirs.push(dir);
@@ -56,6 +56,9 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         let mut warned_for: Option<i64> = None;
+        // Once at start too: a token already past 90% of its lifetime should not wait for
+        // the first safety-net tick to be reported.
+        warn_if_not_rotated(&creds, &mut warned_for);
         loop {
             tokio::select! {
                 () = events.next() => {}
@@ -89,6 +92,13 @@ fn reload_all(creds: &Credentials, tls: Option<&Tls>, observer: &dyn ReloadObser
                 tracing::warn!("{e}; keeping the previous CA");
                 observer.ca_reloaded(false);
             }
+        }
+        match tls.reload_client_blocking() {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!("client certificate changed on disk; new connections present it")
+            }
+            Err(e) => tracing::warn!("{e}; keeping the previous client certificate"),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! Routing of one request target: path cleaning (kubectl's 301), the API prefix, and
-//! the decoded path the filter judges.
+//! Routing of one request target: path cleaning (kubectl's 301), the API prefix, the
+//! static-file prefix (`--www-prefix`, only with `--www`), and the decoded path the
+//! filter judges.
 //!
 //! kubectl proxy sits behind Go's `http.ServeMux`, which since Go 1.22 cleans the
 //! *escaped* path (`//`, `/./`, `/../`) and answers an unclean one with a 301 to the
@@ -7,6 +8,10 @@
 //! (`http.StripPrefix` semantics). We reproduce that, with one fix: Go builds the
 //! `Location` from the escaped path as if it were decoded, so `%2F` comes back as
 //! `%252F` (a different resource); our `Location` keeps the escapes as sent.
+//!
+//! kubectl registers both prefixes as `ServeMux` subtree patterns, so we match as the mux
+//! does: the longer prefix wins when both match, and a prefix named without its trailing
+//! slash (`/custom`) is redirected to it (`/custom/`) with a 301.
 
 use std::borrow::Cow;
 
@@ -17,6 +22,9 @@ pub enum Route<'a> {
     Redirect(String),
     /// Outside the API prefix: 404.
     NotFound,
+    /// Under the static-file prefix: `path` is what follows it, percent-decoded (no
+    /// leading slash, as `http.StripPrefix` leaves it).
+    Static { path: Cow<'a, str> },
     /// A malformed percent-escape in the path: 400, as Go's URL parser refuses it.
     BadRequest,
     /// Forward: `raw_path` is what the upstream gets below its base path, byte for byte;
@@ -27,26 +35,56 @@ pub enum Route<'a> {
     },
 }
 
-/// The API prefix, normalised as kubectl does (a trailing `/` appended if missing).
+/// The API prefix, normalised as kubectl does (a trailing `/` appended if missing), and
+/// the static-file prefix when `--www` is set.
 #[derive(Debug, Clone)]
 pub struct ApiPrefix {
     prefix: String,
     /// kubectl does not strip a prefix that starts with `/api`: the API server's own
     /// paths begin with it.
     strip: bool,
+    www: Option<String>,
+}
+
+/// kubectl registers both prefixes on one `ServeMux`, which panics on the duplicate; we
+/// say why instead.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("--www-prefix and --api-prefix must differ (both are {0:?})")]
+pub struct SamePrefix(pub String);
+
+/// A leading `/` (a mux pattern without one would name a host) and a trailing `/` (kubectl
+/// appends it) ensured.
+fn normalize(prefix: &str) -> String {
+    let mut prefix = prefix.to_owned();
+    if !prefix.starts_with('/') {
+        prefix.insert(0, '/');
+    }
+    if !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    prefix
 }
 
 impl ApiPrefix {
     pub fn new(prefix: &str) -> Self {
-        let mut prefix = prefix.to_owned();
-        if !prefix.starts_with('/') {
-            prefix.insert(0, '/');
-        }
-        if !prefix.ends_with('/') {
-            prefix.push('/');
-        }
+        let prefix = normalize(prefix);
         let strip = !prefix.starts_with("/api");
-        ApiPrefix { prefix, strip }
+        ApiPrefix {
+            prefix,
+            strip,
+            www: None,
+        }
+    }
+
+    /// Also routes `prefix` (`--www-prefix`, normalised like the API prefix) to static
+    /// files. Call it only when `--www` is set, as kubectl registers it only then.
+    pub fn with_www(mut self, prefix: &str) -> Result<Self, SamePrefix> {
+        let www = normalize(prefix);
+        if www == self.prefix {
+            return Err(SamePrefix(www));
+        }
+        self.www = Some(www);
+        Ok(self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -56,15 +94,36 @@ impl ApiPrefix {
     /// Routes a request path (the raw, still-escaped path of the request target).
     pub fn route<'a>(&self, raw_path: &'a str, query: Option<&str>) -> Route<'a> {
         let clean = clean_path(raw_path);
-        if clean != raw_path {
-            let mut location = clean.into_owned();
+        let with_query = |mut location: String| {
             if let Some(q) = query {
                 location.push('?');
                 location.push_str(q);
             }
-            return Route::Redirect(location);
+            Route::Redirect(location)
+        };
+        // `ServeMux` tries this first, on the cleaned path: `/custom` (or `/./custom`)
+        // goes straight to `/custom/`.
+        let names_root = |p: &str| p.len() == clean.len() + 1 && p.starts_with(clean.as_ref());
+        if !clean.ends_with('/')
+            && (names_root(&self.prefix) || self.www.as_deref().is_some_and(names_root))
+        {
+            return with_query(format!("{clean}/"));
         }
-        if !raw_path.starts_with(self.prefix.as_str()) {
+        if clean != raw_path {
+            return with_query(clean.into_owned());
+        }
+        let api = raw_path.starts_with(self.prefix.as_str());
+        // Both prefixes end in `/`, so when both match one contains the other: the longer
+        // (more specific) pattern wins, as in the mux.
+        if let Some(www) = self.www.as_deref() {
+            if raw_path.starts_with(www) && !(api && self.prefix.len() > www.len()) {
+                return match percent_decode(&raw_path[www.len()..]) {
+                    Some(path) => Route::Static { path },
+                    None => Route::BadRequest,
+                };
+            }
+        }
+        if !api {
             return Route::NotFound;
         }
         let raw_path = if self.strip {
@@ -245,6 +304,88 @@ mod tests {
             raw(custom.route("/custom/api/v1/pods/", None)).as_deref(),
             Some("/api/v1/pods/")
         );
+    }
+
+    #[test]
+    fn a_prefix_without_its_slash_is_redirected_like_the_mux() {
+        let custom = ApiPrefix::new("/custom");
+        assert_eq!(
+            custom.route("/custom", None),
+            Route::Redirect("/custom/".into())
+        );
+        assert_eq!(
+            custom.route("/custom", Some("watch=1")),
+            Route::Redirect("/custom/?watch=1".into())
+        );
+        // One hop, not two: the mux redirects on the cleaned path.
+        assert_eq!(
+            custom.route("/x/../custom", None),
+            Route::Redirect("/custom/".into())
+        );
+        assert_eq!(custom.route("/customer", None), Route::NotFound);
+        let api = ApiPrefix::new("/api/");
+        assert_eq!(api.route("/api", None), Route::Redirect("/api/".into()));
+        let root = ApiPrefix::new("/");
+        assert!(matches!(root.route("/", None), Route::Api { .. }));
+        let www = ApiPrefix::new("/").with_www("/static").unwrap();
+        assert_eq!(
+            www.route("/static", None),
+            Route::Redirect("/static/".into())
+        );
+    }
+
+    #[test]
+    fn static_prefix_is_the_longest_match_and_decoded() {
+        let www = ApiPrefix::new("/").with_www("/static/").unwrap();
+        let path = |r: Route<'_>| match r {
+            Route::Static { path } => Some(path.into_owned()),
+            _ => None,
+        };
+        assert_eq!(path(www.route("/static/", None)).as_deref(), Some(""));
+        assert_eq!(
+            path(www.route("/static/a%20b/c.txt", None)).as_deref(),
+            Some("a b/c.txt")
+        );
+        assert_eq!(
+            path(www.route("/static/%2e%2e/x", None)).as_deref(),
+            Some("../x")
+        );
+        assert_eq!(www.route("/static/%zz", None), Route::BadRequest);
+        assert!(matches!(www.route("/api/v1/pods", None), Route::Api { .. }));
+        assert!(matches!(www.route("/staticx", None), Route::Api { .. }));
+
+        // The API prefix is longer here: it wins below itself.
+        let nested = ApiPrefix::new("/ui/api/").with_www("/ui/").unwrap();
+        assert!(matches!(
+            nested.route("/ui/api/v1/pods", None),
+            Route::Api { .. }
+        ));
+        assert_eq!(
+            path(nested.route("/ui/app.js", None)).as_deref(),
+            Some("app.js")
+        );
+        assert_eq!(nested.route("/other", None), Route::NotFound);
+        // And a static prefix of `/` takes everything the API prefix does not.
+        let everything = ApiPrefix::new("/custom/").with_www("/").unwrap();
+        assert_eq!(
+            path(everything.route("/index.html", None)).as_deref(),
+            Some("index.html")
+        );
+        assert!(matches!(
+            everything.route("/custom/api", None),
+            Route::Api { .. }
+        ));
+    }
+
+    #[test]
+    fn equal_prefixes_are_an_error() {
+        let err = ApiPrefix::new("/").with_www("/").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--www-prefix and --api-prefix must differ (both are \"/\")"
+        );
+        assert!(ApiPrefix::new("/x").with_www("x/").is_err());
+        assert!(ApiPrefix::new("/").with_www("/static/").is_ok());
     }
 
     #[test]

@@ -111,30 +111,57 @@ pub enum Signal {
     Interrupt,
 }
 
-/// Waits for SIGTERM or SIGINT.
-pub async fn signal() -> Signal {
+/// SIGTERM and SIGINT, listened for from the moment this is created: a signal that
+/// arrives before (or between) calls to [`Signals::recv`] is kept rather than lost, and
+/// never takes the default action (ending the process at once). Create it before
+/// announcing that the proxy serves, since scripts may signal as soon as they read that.
+pub struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => tokio::select! {
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    /// Installs the handlers now (inside the runtime).
+    pub fn new() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Signals { streams }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// Waits for the next SIGTERM or SIGINT.
+    pub async fn recv(&mut self) -> Signal {
+        #[cfg(unix)]
+        if let Some((term, int)) = &mut self.streams {
+            return tokio::select! {
                 _ = term.recv() => Signal::Terminate,
                 _ = int.recv() => Signal::Interrupt,
-            },
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                Signal::Interrupt
-            }
+            };
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
         Signal::Interrupt
     }
+}
+
+impl Default for Signals {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (handlers installed on the first poll: prefer [`Signals`]).
+pub async fn signal() -> Signal {
+    Signals::new().recv().await
 }
 
 #[cfg(test)]

@@ -119,7 +119,7 @@ pub fn moved_permanently<B: From<Bytes>>(method: &http::Method, location: &str) 
     resp
 }
 
-fn html_escape_into(s: &str, out: &mut String) {
+pub(crate) fn html_escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),

@@ -12,13 +12,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::{Resumption, WebPkiServerVerifier};
+use rustls::client::{ResolvesClientCert, Resumption, WebPkiServerVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// Where the CA bundle comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +42,38 @@ impl CaSource {
     }
 }
 
+/// Where a client certificate (mutual TLS) comes from. Exec plugins hand theirs over
+/// at run time through [`Tls::set_client_identity`].
+#[derive(Clone, PartialEq, Eq)]
+pub enum ClientCertSource {
+    /// Files, re-read when they change (kubeconfig `client-certificate`/`client-key`).
+    Files { cert: PathBuf, key: PathBuf },
+    /// Inline PEM (kubeconfig `client-certificate-data`/`client-key-data`).
+    Pem { cert: Vec<u8>, key: Vec<u8> },
+}
+
+impl fmt::Debug for ClientCertSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientCertSource::Files { cert, key } => f
+                .debug_struct("Files")
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+            ClientCertSource::Pem { .. } => f.write_str("Pem([redacted])"),
+        }
+    }
+}
+
+impl ClientCertSource {
+    pub fn describe(&self) -> String {
+        match self {
+            ClientCertSource::Files { cert, .. } => format!("file {}", cert.display()),
+            ClientCertSource::Pem { .. } => "inline data".to_owned(),
+        }
+    }
+}
+
 /// Errors building or reloading TLS settings.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -56,6 +89,15 @@ pub enum TlsError {
     BadCertificate { origin: String, reason: String },
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
+    #[error("cannot read client {what} {path}: {source}")]
+    ReadClient {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid client certificate or key from {origin}: {reason}")]
+    BadClientCert { origin: String, reason: String },
 }
 
 /// The TLS side of the upstream.
@@ -65,6 +107,10 @@ pub struct Tls {
     source: CaSource,
     /// The bytes the current verifier was built from, to skip rebuilding on no change.
     current_pem: std::sync::Mutex<Vec<u8>>,
+    client: Arc<ClientIdentity>,
+    client_source: Option<ClientCertSource>,
+    /// The cert and key bytes the current identity was built from.
+    current_client: std::sync::Mutex<(Vec<u8>, Vec<u8>)>,
 }
 
 impl fmt::Debug for Tls {
@@ -76,8 +122,11 @@ impl fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Builds the client configuration; reads the CA file once.
-    pub fn new(source: CaSource) -> Result<Arc<Self>, TlsError> {
+    /// Builds the client configuration; reads the CA and client-certificate files once.
+    pub fn new(
+        source: CaSource,
+        client_source: Option<ClientCertSource>,
+    ) -> Result<Arc<Self>, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let (inner, pem): (Arc<dyn ServerCertVerifier>, Vec<u8>) = match &source {
             CaSource::Insecure => (
@@ -94,11 +143,21 @@ impl Tls {
             inner: ArcSwap::from_pointee(Inner(inner)),
             provider: Arc::clone(&provider),
         });
+        let client = Arc::new(ClientIdentity {
+            current: ArcSwapOption::empty(),
+            provider: Arc::clone(&provider),
+        });
+        let mut client_bytes = (Vec::new(), Vec::new());
+        if let Some(src) = &client_source {
+            let (cert, key) = read_client(src)?;
+            client.set(&cert, &key, &src.describe())?;
+            client_bytes = (cert, key);
+        }
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()
             .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
+            .with_client_cert_resolver(client.clone());
         // ALPN is set by the hyper-rustls connector from the protocols it enables.
         config.resumption = Resumption::disabled();
         Ok(Arc::new(Tls {
@@ -106,7 +165,48 @@ impl Tls {
             verifier,
             source,
             current_pem: std::sync::Mutex::new(pem),
+            client,
+            client_source,
+            current_client: std::sync::Mutex::new(client_bytes),
         }))
+    }
+
+    /// Presents this certificate from the next handshake on (exec plugin results).
+    pub fn set_client_identity(&self, cert_pem: &[u8], key_pem: &[u8]) -> Result<(), TlsError> {
+        self.client.set(cert_pem, key_pem, "the exec plugin")
+    }
+
+    pub fn client_source(&self) -> Option<&ClientCertSource> {
+        self.client_source.as_ref()
+    }
+
+    /// Every file whose change matters (CA, client certificate and key).
+    pub fn watched_files(&self) -> Vec<&Path> {
+        let mut files: Vec<&Path> = self.watched_file().into_iter().collect();
+        if let Some(ClientCertSource::Files { cert, key }) = &self.client_source {
+            files.push(cert);
+            files.push(key);
+        }
+        files
+    }
+
+    /// Re-reads client certificate files; on change, new handshakes present the new
+    /// pair. Keeps the old one when the new files are unreadable or do not match.
+    pub fn reload_client_blocking(&self) -> Result<bool, TlsError> {
+        let Some(src @ ClientCertSource::Files { .. }) = &self.client_source else {
+            return Ok(false);
+        };
+        let (cert, key) = read_client(src)?;
+        let mut current = self
+            .current_client
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.0 == cert && current.1 == key {
+            return Ok(false);
+        }
+        self.client.set(&cert, &key, &src.describe())?;
+        *current = (cert, key);
+        Ok(true)
     }
 
     pub fn client_config(&self) -> Arc<ClientConfig> {
@@ -144,6 +244,61 @@ impl Tls {
         self.verifier.inner.store(Arc::new(Inner(verifier)));
         *current = pem;
         Ok(true)
+    }
+}
+
+fn read_client(src: &ClientCertSource) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    match src {
+        ClientCertSource::Pem { cert, key } => Ok((cert.clone(), key.clone())),
+        ClientCertSource::Files { cert, key } => {
+            let read = |what, path: &PathBuf| {
+                std::fs::read(path).map_err(|source| TlsError::ReadClient {
+                    what,
+                    path: path.clone(),
+                    source,
+                })
+            };
+            Ok((read("certificate", cert)?, read("key", key)?))
+        }
+    }
+}
+
+/// The client certificate presented to the API server, swappable at run time.
+#[derive(Debug)]
+struct ClientIdentity {
+    current: ArcSwapOption<CertifiedKey>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ClientIdentity {
+    fn set(&self, cert_pem: &[u8], key_pem: &[u8], origin: &str) -> Result<(), TlsError> {
+        let bad = |reason: String| TlsError::BadClientCert {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        if chain.is_empty() {
+            return Err(bad("no certificate in the PEM data".to_owned()));
+        }
+        // The key's parse error is not shown: it could quote key material.
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|_| bad("no usable private key in the PEM data".to_owned()))?;
+        let certified =
+            CertifiedKey::from_der(chain, key, &self.provider).map_err(|e| bad(e.to_string()))?;
+        self.current.store(Some(Arc::new(certified)));
+        Ok(())
+    }
+}
+
+impl ResolvesClientCert for ClientIdentity {
+    fn resolve(&self, _: &[&[u8]], _: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.current.load_full()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.current.load().is_some()
     }
 }
 

@@ -28,7 +28,11 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let protocol = parts.headers.get(header::UPGRADE).cloned();
     let mut headers = parts.headers;
-    proxy.rewrite_request_headers(&mut headers, peer);
+    let auth = match proxy.credential_for(&headers).await {
+        Ok(auth) => auth,
+        Err(resp) => return resp,
+    };
+    proxy.rewrite_request_headers(&mut headers, peer, auth);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Some(p) = protocol {
         headers.insert(header::UPGRADE, p);

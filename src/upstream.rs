@@ -21,6 +21,7 @@ use tower_service::Service;
 use crate::body::BoxError;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 
 use crate::body::ProxyBody;
 use crate::config::Upstream;
@@ -30,8 +31,96 @@ use crate::tls::Tls;
 /// server that accepts TCP but never completes the handshake must not hang a request.
 #[derive(Clone)]
 pub struct Connector {
-    inner: HttpsConnector<HttpConnector>,
+    inner: HttpsConnector<Dial>,
     timeout: Duration,
+}
+
+/// How TCP reaches the API server: directly, or through the kubeconfig's `proxy-url`
+/// (an HTTP CONNECT tunnel or SOCKS5, as client-go supports).
+#[derive(Clone)]
+pub enum Dial {
+    Direct(HttpConnector),
+    Tunnel(Tunnel<HttpConnector>),
+    Socks(SocksV5<HttpConnector>),
+}
+
+impl Dial {
+    fn new(tcp: HttpConnector, proxy: Option<&Uri>) -> Dial {
+        let Some(proxy) = proxy else {
+            return Dial::Direct(tcp);
+        };
+        // Credentials in the proxy URL become proxy authentication, never part of the
+        // address we dial.
+        let (userinfo, hostport) = match proxy.authority().map(|a| a.as_str()) {
+            Some(a) => match a.rsplit_once('@') {
+                Some((user, host)) => (Some(user.to_owned()), host.to_owned()),
+                None => (None, a.to_owned()),
+            },
+            None => (None, String::new()),
+        };
+        let scheme = proxy.scheme_str().unwrap_or("http");
+        let dst: Uri = format!(
+            "{}://{hostport}",
+            if scheme == "http" { "http" } else { "socks5" }
+        )
+        .parse()
+        .unwrap_or_else(|_| proxy.clone());
+        let creds = userinfo.map(|u| match u.split_once(':') {
+            Some((user, pass)) => (user.to_owned(), pass.to_owned()),
+            None => (u, String::new()),
+        });
+        if scheme == "http" {
+            let mut tunnel = Tunnel::new(dst, tcp);
+            if let Some((user, pass)) = creds {
+                let basic = crate::base64::encode(format!("{user}:{pass}").as_bytes());
+                if let Ok(mut v) = http::HeaderValue::try_from(format!("Basic {basic}")) {
+                    v.set_sensitive(true);
+                    tunnel = tunnel.with_auth(v);
+                }
+            }
+            Dial::Tunnel(tunnel)
+        } else {
+            // The proxy resolves the API server's name, as Go's SOCKS5 dialer has it do.
+            let mut socks = SocksV5::new(dst, tcp).local_dns(false);
+            if let Some((user, pass)) = creds {
+                socks = socks.with_auth(user, pass);
+            }
+            Dial::Socks(socks)
+        }
+    }
+}
+
+type Tcp = TokioIo<TcpStream>;
+
+impl Service<Uri> for Dial {
+    type Response = Tcp;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Tcp, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        match self {
+            Dial::Direct(c) => c.poll_ready(cx).map_err(Into::into),
+            Dial::Tunnel(c) => c.poll_ready(cx).map_err(Into::into),
+            Dial::Socks(c) => c.poll_ready(cx).map_err(Into::into),
+        }
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        match self {
+            Dial::Direct(c) => {
+                let f = c.call(uri);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Dial::Tunnel(c) => {
+                let f = c.call(uri);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            Dial::Socks(c) => {
+                let f = c.call(uri);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+        }
+    }
 }
 
 type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -89,7 +178,7 @@ pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Conne
     let inner = builder
         .with_server_name_resolver(FixedServerNameResolver::new(upstream.server_name.clone()))
         .enable_http1()
-        .wrap_connector(tcp);
+        .wrap_connector(Dial::new(tcp, upstream.proxy_url.as_ref()));
     Connector {
         inner,
         timeout: opts.connect_timeout,

@@ -1,4 +1,4 @@
-//! The in-cluster environment: `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted
+//! The process environment that configuration reads: the in-cluster environment: `KUBERNETES_SERVICE_HOST`/`_PORT` and the mounted
 //! service-account directory, as client-go's `InClusterConfig` reads them.
 
 /// Where the kubelet mounts the service account.
@@ -9,6 +9,10 @@ pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/se
 pub struct Environment {
     pub service_host: Option<String>,
     pub service_port: Option<String>,
+    /// `KUBECONFIG`: a list of files.
+    pub kubeconfig: Option<std::ffi::OsString>,
+    /// The home directory, for `~/.kube/config`.
+    pub home: Option<std::path::PathBuf>,
 }
 
 impl Environment {
@@ -17,6 +21,10 @@ impl Environment {
         Environment {
             service_host: get("KUBERNETES_SERVICE_HOST"),
             service_port: get("KUBERNETES_SERVICE_PORT"),
+            kubeconfig: std::env::var_os("KUBECONFIG"),
+            home: std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .map(std::path::PathBuf::from),
         }
     }
 

@@ -6,6 +6,7 @@
 //! loaded by `credentials` and `tls`.
 
 mod in_cluster;
+pub mod kubeconfig;
 
 use std::path::PathBuf;
 
@@ -13,8 +14,8 @@ use http::uri::{Authority, Scheme};
 use rustls_pki_types::ServerName;
 
 use crate::cli::Cli;
-use crate::credentials::TokenSource;
-use crate::tls::CaSource;
+use crate::credentials::{ExecSpec, TokenSource};
+use crate::tls::{CaSource, ClientCertSource};
 
 pub use in_cluster::{DEFAULT_SERVICE_ACCOUNT_DIR, Environment};
 
@@ -31,6 +32,22 @@ pub struct Upstream {
     pub server_name: ServerName<'static>,
     pub ca: Option<CaSource>,
     pub token: TokenSource,
+    pub client_cert: Option<ClientCertSource>,
+    pub impersonate: Impersonation,
+    /// kubeconfig `proxy-url`: reach the API server through this proxy.
+    pub proxy_url: Option<http::Uri>,
+    /// Ask the API server for uncompressed responses.
+    pub disable_compression: bool,
+    /// Where this came from, for the start-up log line.
+    pub source: String,
+}
+
+/// `--as`, `--as-group`, `--as-uid` (or the kubeconfig's `as`, `as-groups`, `as-uid`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Impersonation {
+    pub user: Option<String>,
+    pub groups: Vec<String>,
+    pub uid: Option<String>,
 }
 
 impl Upstream {
@@ -71,6 +88,42 @@ pub enum ConfigError {
          (--certificate-authority and --insecure-skip-tls-verify together)"
     )]
     CaWithInsecure,
+    #[error(transparent)]
+    Kubeconfig(#[from] kubeconfig::KubeconfigError),
+    #[error("the kubeconfig cluster {cluster:?} has no server (in {files}); pass --server")]
+    NoServerInKubeconfig { cluster: String, files: String },
+    #[error("invalid base64 in {field} of {name:?}")]
+    BadBase64 { field: &'static str, name: String },
+    #[error("cannot read {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a client certificate needs both the certificate and the key ({origin})")]
+    HalfClientCert { origin: String },
+    #[error(
+        "the kubeconfig user {user:?} uses the auth-provider {provider:?}, which was removed \
+         from kubectl in 1.26 and is not supported; use the exec plugin that replaces it: {replacement}"
+    )]
+    AuthProvider {
+        user: String,
+        provider: String,
+        replacement: &'static str,
+    },
+    #[error(
+        "the exec plugin {command:?} of kubeconfig user {user:?} has interactiveMode: Always, \
+         which cannot work in a proxy (it has no terminal to ask on); use a plugin mode that \
+         needs no input (interactiveMode: IfAvailable or Never), or log in beforehand"
+    )]
+    InteractiveExec { user: String, command: String },
+    #[error(
+        "the exec plugin of kubeconfig user {user:?} has apiVersion {version:?}; supported: \
+         client.authentication.k8s.io/v1 and client.authentication.k8s.io/v1beta1"
+    )]
+    ExecApiVersion { user: String, version: String },
+    #[error("invalid proxy-url {url:?}: {reason}")]
+    BadProxyUrl { url: String, reason: String },
     #[error(
         "no service-account token at {path}: mount the service account (automountServiceAccountToken \
          or a projected token volume), pass --service-account-dir=DIR, or --token"
@@ -78,8 +131,39 @@ pub enum ConfigError {
     NoToken { path: PathBuf },
 }
 
-/// Resolves the upstream from flags and environment: flags win, then in-cluster values.
+/// Resolves the upstream: a kubeconfig if there is one to use (as kubectl), else the
+/// in-cluster environment; flags given on the command line win over both.
+///
+/// `--service-account-dir` asks for in-cluster mode explicitly: then only an explicit
+/// `--kubeconfig` is read, never `KUBECONFIG` or `~/.kube/config`.
 pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
+    if cli.kubeconfig.is_some() || cli.service_account_dir.is_none() {
+        let home = if cli.service_account_dir.is_some() {
+            None
+        } else {
+            env.home.as_deref()
+        };
+        let kubeconfig_env = if cli.service_account_dir.is_some() {
+            None
+        } else {
+            env.kubeconfig.as_deref()
+        };
+        if let Some(loaded) = kubeconfig::load(cli.kubeconfig.as_deref(), kubeconfig_env, home)? {
+            let choice = kubeconfig::Choice {
+                context: cli.context.as_deref(),
+                cluster: cli.cluster.as_deref(),
+                user: cli.user.as_deref(),
+            };
+            if let Some(selected) = loaded.select(choice)? {
+                return from_kubeconfig(cli, selected);
+            }
+        }
+    }
+    from_in_cluster(cli, env)
+}
+
+/// A pod's service account (or `--server` with flags only).
+fn from_in_cluster(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
     let in_cluster = env.in_cluster()?;
     let sa_dir = cli
         .service_account_dir
@@ -93,36 +177,14 @@ pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
         (None, Some(url)) => url.clone(),
         (None, None) => return Err(ConfigError::NoServer),
     };
-    let (scheme, authority, base_path) = parse_server(&url)?;
-
-    let server_name = match &cli.tls_server_name {
-        Some(name) => ServerName::try_from(name.clone())
-            .map_err(|_| ConfigError::BadServerName(name.clone()))?,
-        None => server_name_of(&authority).ok_or_else(|| ConfigError::BadServer {
-            url: url.clone(),
-            reason: "the host is not a valid DNS name or IP address".to_owned(),
-        })?,
-    };
-
-    let https = scheme == Scheme::HTTPS;
     let ca = match (&cli.certificate_authority, cli.insecure_skip_tls_verify) {
         (Some(_), true) => return Err(ConfigError::CaWithInsecure),
-        _ if !https => None,
         (_, true) => Some(CaSource::Insecure),
         (Some(path), false) => Some(CaSource::File(path.clone())),
         (None, false) if use_sa => Some(CaSource::File(sa_dir.join("ca.crt"))),
-        (None, false) => {
-            return Err(ConfigError::NoCa {
-                origin: format!("{scheme}://{authority}"),
-                sa_ca: sa_dir.join("ca.crt").display().to_string(),
-            });
-        }
+        (None, false) => None,
     };
-
-    let token = if !https {
-        // Credentials are never sent in clear text.
-        TokenSource::None
-    } else if let Some(token) = &cli.token {
+    let token = if let Some(token) = &cli.token {
         TokenSource::Static(token.clone())
     } else if use_sa {
         let path = sa_dir.join("token");
@@ -133,15 +195,375 @@ pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
     } else {
         TokenSource::None
     };
+    finish(
+        cli,
+        Pieces {
+            url,
+            tls_server_name: None,
+            ca,
+            client_cert: client_cert_flags(cli)?,
+            token,
+            impersonate: Impersonation::default(),
+            proxy_url: None,
+            disable_compression: false,
+            description: if in_cluster.is_some() && cli.server.is_none() {
+                format!("in-cluster, service account {}", sa_dir.display())
+            } else {
+                "command-line flags".to_owned()
+            },
+            missing_ca_hint: sa_dir.join("ca.crt").display().to_string(),
+        },
+    )
+}
 
+/// A kubeconfig context, with command-line overrides.
+fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, ConfigError> {
+    let cluster = &sel.cluster;
+    let user = &sel.user;
+    let url = cli
+        .server
+        .clone()
+        .or_else(|| cluster.server.clone())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ConfigError::NoServerInKubeconfig {
+            cluster: sel.cluster_name.clone(),
+            files: sel.files.clone(),
+        })?;
+    let ca_data =
+        match &cluster.certificate_authority_data {
+            Some(data) => Some(crate::base64::decode(data.as_bytes()).ok_or_else(|| {
+                ConfigError::BadBase64 {
+                    field: "certificate-authority-data",
+                    name: sel.cluster_name.clone(),
+                }
+            })?),
+            None => None,
+        };
+    let ca = if let Some(path) = &cli.certificate_authority {
+        if cli.insecure_skip_tls_verify {
+            return Err(ConfigError::CaWithInsecure);
+        }
+        Some(CaSource::File(path.clone()))
+    } else if cli.insecure_skip_tls_verify {
+        Some(CaSource::Insecure)
+    } else if cluster.insecure_skip_tls_verify {
+        if ca_data.is_some() || cluster.certificate_authority.is_some() {
+            return Err(ConfigError::CaWithInsecure);
+        }
+        Some(CaSource::Insecure)
+    } else if let Some(pem) = &ca_data {
+        // client-go: certificate-authority-data wins over certificate-authority.
+        Some(CaSource::Pem(pem.clone()))
+    } else {
+        cluster.certificate_authority.clone().map(CaSource::File)
+    };
+
+    let client_cert = match client_cert_flags(cli)? {
+        Some(flags) => Some(flags),
+        None => kubeconfig_client_cert(&sel)?,
+    };
+    let user_name = sel.user_name.clone().unwrap_or_default();
+    let token = if let Some(token) = &cli.token {
+        TokenSource::Static(token.clone())
+    } else if let Some(path) = &user.token_file {
+        TokenSource::File(path.clone())
+    } else if let Some(token) = &user.token {
+        TokenSource::Static(token.clone())
+    } else if let Some(exec) = &user.exec {
+        TokenSource::Exec(Box::new(exec_spec(
+            cli,
+            &sel,
+            exec,
+            &url,
+            ca_data.as_deref(),
+        )?))
+    } else if let (Some(username), Some(password)) = (&user.username, &user.password) {
+        TokenSource::Basic {
+            username: username.clone(),
+            password: password.clone(),
+        }
+    } else if let Some(provider) = &user.auth_provider {
+        return Err(ConfigError::AuthProvider {
+            user: user_name,
+            provider: provider.name.clone(),
+            replacement: auth_provider_replacement(&provider.name),
+        });
+    } else {
+        TokenSource::None
+    };
+    let impersonate = Impersonation {
+        user: cli.impersonate.clone().or_else(|| user.impersonate.clone()),
+        groups: if cli.impersonate_groups.is_empty() {
+            user.impersonate_groups.clone().unwrap_or_default()
+        } else {
+            cli.impersonate_groups.clone()
+        },
+        uid: cli
+            .impersonate_uid
+            .clone()
+            .or_else(|| user.impersonate_uid.clone()),
+    };
+    let proxy_url = match &cluster.proxy_url {
+        Some(p) if !p.is_empty() => Some(parse_proxy_url(p)?),
+        _ => None,
+    };
+    finish(
+        cli,
+        Pieces {
+            url,
+            tls_server_name: cluster.tls_server_name.clone(),
+            ca,
+            client_cert,
+            token,
+            impersonate,
+            proxy_url,
+            disable_compression: cluster.disable_compression,
+            description: format!(
+                "kubeconfig {}, context {}, cluster {}, user {}",
+                sel.files,
+                sel.context.as_deref().unwrap_or("(none)"),
+                sel.cluster_name,
+                sel.user_name.as_deref().unwrap_or("(none)")
+            ),
+            missing_ca_hint: "the kubeconfig cluster's certificate-authority(-data)".to_owned(),
+        },
+    )
+}
+
+/// What the two sources agree on, before the checks that apply to both.
+struct Pieces {
+    url: String,
+    tls_server_name: Option<String>,
+    ca: Option<CaSource>,
+    client_cert: Option<ClientCertSource>,
+    token: TokenSource,
+    impersonate: Impersonation,
+    proxy_url: Option<http::Uri>,
+    disable_compression: bool,
+    description: String,
+    missing_ca_hint: String,
+}
+
+fn finish(cli: &Cli, p: Pieces) -> Result<Upstream, ConfigError> {
+    let (scheme, authority, base_path) = parse_server(&p.url)?;
+    let name = cli.tls_server_name.clone().or(p.tls_server_name);
+    let server_name = match name.filter(|n| !n.is_empty()) {
+        Some(name) => {
+            ServerName::try_from(name.clone()).map_err(|_| ConfigError::BadServerName(name))?
+        }
+        None => server_name_of(&authority).ok_or_else(|| ConfigError::BadServer {
+            url: p.url.clone(),
+            reason: "the host is not a valid DNS name or IP address".to_owned(),
+        })?,
+    };
+    let https = scheme == Scheme::HTTPS;
+    if https && p.ca.is_none() {
+        return Err(ConfigError::NoCa {
+            origin: format!("{scheme}://{authority}"),
+            sa_ca: p.missing_ca_hint,
+        });
+    }
+    let mut impersonate = p.impersonate;
+    if let Some(user) = &cli.impersonate {
+        impersonate.user = Some(user.clone());
+    }
+    if !cli.impersonate_groups.is_empty() {
+        impersonate.groups = cli.impersonate_groups.clone();
+    }
+    if let Some(uid) = &cli.impersonate_uid {
+        impersonate.uid = Some(uid.clone());
+    }
     Ok(Upstream {
         scheme,
         authority,
         base_path,
         server_name,
-        ca,
-        token,
+        // Credentials are never sent in clear text, and plain http has no TLS to set up.
+        ca: if https { p.ca } else { None },
+        token: if https { p.token } else { TokenSource::None },
+        client_cert: if https { p.client_cert } else { None },
+        impersonate,
+        proxy_url: p.proxy_url,
+        disable_compression: p.disable_compression || cli.disable_compression,
+        source: p.description,
     })
+}
+
+/// `--client-certificate` and `--client-key`, which go together.
+fn client_cert_flags(cli: &Cli) -> Result<Option<ClientCertSource>, ConfigError> {
+    match (&cli.client_certificate, &cli.client_key) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some(ClientCertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        _ => Err(ConfigError::HalfClientCert {
+            origin: "--client-certificate and --client-key".to_owned(),
+        }),
+    }
+}
+
+fn kubeconfig_client_cert(
+    sel: &kubeconfig::Selected,
+) -> Result<Option<ClientCertSource>, ConfigError> {
+    let u = &sel.user;
+    let origin = || {
+        format!(
+            "kubeconfig user {:?}",
+            sel.user_name.as_deref().unwrap_or("")
+        )
+    };
+    let cert = match (&u.client_certificate_data, &u.client_certificate) {
+        (Some(data), _) => Some(Err(data)),
+        (None, Some(path)) => Some(Ok(path)),
+        (None, None) => None,
+    };
+    let key = match (&u.client_key_data, &u.client_key) {
+        (Some(data), _) => Some(Err(data)),
+        (None, Some(path)) => Some(Ok(path)),
+        (None, None) => None,
+    };
+    let decode = |field: &'static str, data: &str| {
+        crate::base64::decode(data.as_bytes()).ok_or_else(|| ConfigError::BadBase64 {
+            field,
+            name: sel.user_name.clone().unwrap_or_default(),
+        })
+    };
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(Ok(cert)), Some(Ok(key))) => Ok(Some(ClientCertSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (Some(cert), Some(key)) => {
+            let cert = match cert {
+                Ok(path) => std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?,
+                Err(data) => decode("client-certificate-data", data)?,
+            };
+            let key = match key {
+                Ok(path) => std::fs::read(path).map_err(|source| ConfigError::ReadFile {
+                    path: path.clone(),
+                    source,
+                })?,
+                Err(data) => decode("client-key-data", data.expose())?,
+            };
+            Ok(Some(ClientCertSource::Pem { cert, key }))
+        }
+        _ => Err(ConfigError::HalfClientCert { origin: origin() }),
+    }
+}
+
+/// Builds the plugin invocation; refuses what cannot work in a proxy.
+fn exec_spec(
+    cli: &Cli,
+    sel: &kubeconfig::Selected,
+    exec: &kubeconfig::ExecConfig,
+    url: &str,
+    ca_data: Option<&[u8]>,
+) -> Result<ExecSpec, ConfigError> {
+    let user = sel.user_name.clone().unwrap_or_default();
+    let api_version = exec.api_version.clone().unwrap_or_default();
+    if !matches!(
+        api_version.as_str(),
+        "client.authentication.k8s.io/v1" | "client.authentication.k8s.io/v1beta1"
+    ) {
+        return Err(ConfigError::ExecApiVersion {
+            user,
+            version: api_version,
+        });
+    }
+    if exec.interactive_mode.as_deref() == Some("Always") {
+        return Err(ConfigError::InteractiveExec {
+            user,
+            command: exec.command.clone(),
+        });
+    }
+    let cluster = exec.provide_cluster_info.then(|| {
+        let c = &sel.cluster;
+        let ca = match (ca_data, &c.certificate_authority) {
+            (Some(pem), _) => Some(pem.to_vec()),
+            (None, Some(path)) => std::fs::read(path).ok(),
+            (None, None) => None,
+        };
+        let mut info = serde_json::json!({ "server": url });
+        let obj = &mut info;
+        if let Some(name) = &c.tls_server_name {
+            obj["tls-server-name"] = name.clone().into();
+        }
+        if c.insecure_skip_tls_verify {
+            obj["insecure-skip-tls-verify"] = true.into();
+        }
+        if let Some(ca) = ca {
+            obj["certificate-authority-data"] = crate::base64::encode(&ca).into();
+        }
+        if let Some(proxy) = &c.proxy_url {
+            obj["proxy-url"] = proxy.clone().into();
+        }
+        if c.disable_compression {
+            obj["disable-compression"] = true.into();
+        }
+        let config = c
+            .extensions
+            .iter()
+            .flatten()
+            .find(|e| e.name == "client.authentication.k8s.io/exec")
+            .and_then(|e| e.extension.clone());
+        if let Some(config) = config {
+            obj["config"] = config;
+        }
+        info
+    });
+    Ok(ExecSpec {
+        command: exec.command.clone(),
+        args: exec.args.clone().unwrap_or_default(),
+        env: exec
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.clone(), e.value.clone()))
+            .collect(),
+        api_version,
+        install_hint: exec.install_hint.clone(),
+        cluster,
+        timeout: cli.exec_timeout,
+    })
+}
+
+/// The exec plugin that replaced each in-tree auth provider (removed in kubectl 1.26).
+fn auth_provider_replacement(name: &str) -> &'static str {
+    match name {
+        "gcp" => {
+            "gke-gcloud-auth-plugin (https://cloud.google.com/kubernetes-engine/docs/how-to/cluster-access-for-kubectl)"
+        }
+        "azure" => "kubelogin (https://azure.github.io/kubelogin/)",
+        "oidc" => "an OIDC exec plugin such as kubelogin (kubectl oidc-login)",
+        _ => "the exec credential plugin your provider documents",
+    }
+}
+
+/// kubeconfig `proxy-url`: `http://` (CONNECT tunnel) or `socks5://`.
+fn parse_proxy_url(url: &str) -> Result<http::Uri, ConfigError> {
+    let bad = |reason: &str| ConfigError::BadProxyUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http" | "socks5" | "socks5h") => {}
+        Some("https") => {
+            return Err(bad(
+                "https proxies are not supported; use http:// or socks5://",
+            ));
+        }
+        _ => return Err(bad("the scheme must be http or socks5")),
+    }
+    if uri.host().is_none() {
+        return Err(bad("no host"));
+    }
+    Ok(uri)
 }
 
 /// Splits a server URL into scheme, authority (default port filled in) and path.
@@ -200,6 +622,7 @@ mod tests {
         Environment {
             service_host: Some("10.96.0.1".into()),
             service_port: Some("443".into()),
+            ..Environment::default()
         }
     }
 
@@ -222,6 +645,7 @@ mod tests {
         let env = Environment {
             service_host: Some("fd00::1".into()),
             service_port: Some("6443".into()),
+            ..Environment::default()
         };
         assert_eq!(
             env.in_cluster().unwrap().as_deref(),
@@ -247,6 +671,7 @@ mod tests {
         let half = Environment {
             service_host: Some("h".into()),
             service_port: None,
+            ..Environment::default()
         };
         let err = resolve(&cli(&[]), &half).unwrap_err().to_string();
         assert!(err.contains("KUBERNETES_SERVICE_PORT is not set"), "{err}");

@@ -31,7 +31,7 @@ pub fn times(token: &[u8]) -> TokenTimes {
     else {
         return TokenTimes::default();
     };
-    let Some(json) = base64url_decode(payload) else {
+    let Some(json) = crate::base64::decode(payload) else {
         return TokenTimes::default();
     };
     let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&json) else {
@@ -42,34 +42,6 @@ pub fn times(token: &[u8]) -> TokenTimes {
         issued: num("iat"),
         expiry: num("exp"),
     }
-}
-
-/// RFC 4648 §5 base64url, padding optional.
-fn base64url_decode(input: &[u8]) -> Option<Vec<u8>> {
-    let input = input
-        .strip_suffix(b"==")
-        .or_else(|| input.strip_suffix(b"="))
-        .unwrap_or(input);
-    let mut out = Vec::with_capacity(input.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in input {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' => 62,
-            b'_' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! Only this module ever sees the token's bytes; everything else handles an opaque,
 //! sensitive `HeaderValue`.
 
+pub mod exec;
 mod jwt;
 mod token_file;
 
@@ -14,16 +15,21 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::Mutex;
 
+pub use exec::{ExecError, ExecSpec};
 pub use jwt::TokenTimes;
+
+use crate::tls::Tls;
 pub use token_file::TokenFileError;
 
-/// A secret string: its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret string: its `Debug` never shows the value.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {
@@ -58,6 +64,10 @@ pub enum TokenSource {
     Static(Secret),
     /// A file re-read whenever it changes (service-account token, kubeconfig `tokenFile`).
     File(PathBuf),
+    /// HTTP Basic authentication (kubeconfig `username`/`password`).
+    Basic { username: String, password: Secret },
+    /// An exec credential plugin, run when needed and cached until expiry.
+    Exec(Box<ExecSpec>),
 }
 
 impl TokenSource {
@@ -67,6 +77,8 @@ impl TokenSource {
             TokenSource::None => "none".to_owned(),
             TokenSource::Static(_) => "--token (static)".to_owned(),
             TokenSource::File(p) => format!("file {}", p.display()),
+            TokenSource::Basic { username, .. } => format!("basic auth as {username:?}"),
+            TokenSource::Exec(spec) => format!("exec plugin {:?}", spec.command),
         }
     }
 }
@@ -78,14 +90,42 @@ pub enum CredentialsError {
     TokenFile(#[from] TokenFileError),
     #[error("the token given with --token is not a valid HTTP header value")]
     InvalidStaticToken,
+    #[error("the basic-auth username or password is not a valid HTTP header value")]
+    InvalidBasic,
 }
 
 /// The current credentials.
 pub struct Credentials {
     source: TokenSource,
     current: ArcSwapOption<HeaderValue>,
-    /// Serialises re-reads after a 401 so a burst of them reads the file once.
+    /// Serialises re-reads after a 401 and plugin runs, so a burst of requests reads the
+    /// file, or runs the plugin, once.
     refresh: Mutex<()>,
+    exec: Option<ExecState>,
+}
+
+/// An exec plugin's cached result.
+struct ExecState {
+    loaded: AtomicBool,
+    /// Unix seconds after which the credential must be renewed.
+    expiry: AtomicI64,
+    /// Where a client certificate from the plugin goes.
+    tls: Option<Arc<Tls>>,
+}
+
+/// Renew an exec credential this long before it expires, so no request carries one
+/// that expires in flight.
+const EXEC_EXPIRY_MARGIN: i64 = 10;
+
+impl ExecState {
+    fn stale(&self, now: i64) -> bool {
+        !self.loaded.load(Ordering::Acquire)
+            || now
+                >= self
+                    .expiry
+                    .load(Ordering::Acquire)
+                    .saturating_sub(EXEC_EXPIRY_MARGIN)
+    }
 }
 
 impl fmt::Debug for Credentials {
@@ -106,20 +146,92 @@ pub enum Reload {
 }
 
 impl Credentials {
-    /// Loads the source once; a file that cannot be read at start-up is an error.
-    pub fn load(source: TokenSource) -> Result<Arc<Self>, CredentialsError> {
+    /// Loads the source once; a file that cannot be read at start-up is an error. An
+    /// exec plugin runs at the first request (as in client-go); a client certificate it
+    /// returns goes to `tls`.
+    pub fn load(source: TokenSource, tls: Option<Arc<Tls>>) -> Result<Arc<Self>, CredentialsError> {
         let initial = match &source {
-            TokenSource::None => None,
+            TokenSource::None | TokenSource::Exec(_) => None,
             TokenSource::Static(s) => {
                 Some(bearer(s.expose()).ok_or(CredentialsError::InvalidStaticToken)?)
             }
             TokenSource::File(p) => Some(token_file::read(p)?),
+            TokenSource::Basic { username, password } => {
+                let raw = format!("{username}:{}", password.expose());
+                let mut v = HeaderValue::try_from(format!(
+                    "Basic {}",
+                    crate::base64::encode(raw.as_bytes())
+                ))
+                .map_err(|_| CredentialsError::InvalidBasic)?;
+                v.set_sensitive(true);
+                Some(v)
+            }
         };
+        let exec = matches!(source, TokenSource::Exec(_)).then(|| ExecState {
+            loaded: AtomicBool::new(false),
+            expiry: AtomicI64::new(i64::MAX),
+            tls,
+        });
         Ok(Arc::new(Credentials {
             source,
             current: ArcSwapOption::new(initial.map(Arc::new)),
             refresh: Mutex::new(()),
+            exec,
         }))
+    }
+
+    /// The `Authorization` value for a request about to be sent: the cached value, after
+    /// running the exec plugin if its credential is missing or expired.
+    pub async fn for_request(&self) -> Result<Option<HeaderValue>, ExecError> {
+        if let Some(exec) = &self.exec {
+            if exec.stale(crate::metrics::unix_now()) {
+                self.run_exec(None).await?;
+            }
+        }
+        Ok(self.header())
+    }
+
+    /// Runs the plugin unless another caller already renewed the credential while this
+    /// one waited (`refused`: the value the API server just refused).
+    async fn run_exec(&self, refused: Option<&HeaderValue>) -> Result<(), ExecError> {
+        let (Some(exec), TokenSource::Exec(spec)) = (&self.exec, &self.source) else {
+            return Ok(());
+        };
+        let _one_at_a_time = self.refresh.lock().await;
+        let renewed = match refused {
+            None => !exec.stale(crate::metrics::unix_now()),
+            Some(r) => self.header().as_ref() != Some(r),
+        };
+        if renewed {
+            return Ok(());
+        }
+        let out = spec.run().await?;
+        if let (Some((cert, key)), Some(tls)) = (&out.client_cert, &exec.tls) {
+            tls.set_client_identity(cert, key)
+                .map_err(|e| ExecError::Invalid {
+                    command: spec.command.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let header = match &out.token {
+            Some(t) => Some(bearer(t.expose()).ok_or_else(|| ExecError::Invalid {
+                command: spec.command.clone(),
+                reason: "the token is not a valid HTTP header value".to_owned(),
+            })?),
+            None => None,
+        };
+        self.current.store(header.map(Arc::new));
+        exec.expiry
+            .store(out.expiry.unwrap_or(i64::MAX), Ordering::Release);
+        exec.loaded.store(true, Ordering::Release);
+        tracing::info!(
+            command = %spec.command,
+            token = out.token.is_some(),
+            client_certificate = out.client_cert.is_some(),
+            expires = ?out.expiry,
+            "exec plugin returned credentials"
+        );
+        Ok(())
     }
 
     pub fn source(&self) -> &TokenSource {
@@ -132,6 +244,11 @@ impl Credentials {
             TokenSource::File(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// Whether a refused credential may have a successor worth a retry.
+    pub fn can_change(&self) -> bool {
+        matches!(self.source, TokenSource::File(_) | TokenSource::Exec(_))
     }
 
     /// The `Authorization` value for the next request. No I/O, no lock.
@@ -176,6 +293,13 @@ impl Credentials {
         self: &Arc<Self>,
         sent: &HeaderValue,
     ) -> Option<HeaderValue> {
+        if self.exec.is_some() {
+            // client-go renews an exec credential after a 401.
+            if let Err(e) = self.run_exec(Some(sent)).await {
+                tracing::warn!("{e}");
+            }
+            return self.header().filter(|h| h != sent);
+        }
         let current = self.header()?;
         if current != *sent {
             return Some(current);
@@ -207,7 +331,7 @@ mod tests {
     fn secrets_never_print() {
         let s: Secret = "hunter2".parse().unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
-        let c = Credentials::load(TokenSource::Static(s)).unwrap();
+        let c = Credentials::load(TokenSource::Static(s), None).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         let h = c.header().unwrap();
         assert!(h.is_sensitive());
@@ -216,8 +340,24 @@ mod tests {
     }
 
     #[test]
+    fn basic_auth_header() {
+        let c = Credentials::load(
+            TokenSource::Basic {
+                username: "admin".into(),
+                password: Secret::new("pw"),
+            },
+            None,
+        )
+        .unwrap();
+        let h = c.header().unwrap();
+        assert_eq!(h.as_bytes(), b"Basic YWRtaW46cHc=");
+        assert!(h.is_sensitive());
+        assert!(!format!("{c:?}").contains("pw\""));
+    }
+
+    #[test]
     fn a_token_with_a_newline_is_refused() {
-        let err = Credentials::load(TokenSource::Static(Secret::new("a\nb"))).unwrap_err();
+        let err = Credentials::load(TokenSource::Static(Secret::new("a\nb")), None).unwrap_err();
         assert!(!err.to_string().contains("a\nb"));
     }
 
@@ -227,7 +367,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "one\n").unwrap();
-        let c = Credentials::load(TokenSource::File(path.clone())).unwrap();
+        let c = Credentials::load(TokenSource::File(path.clone()), None).unwrap();
         assert_eq!(c.header().unwrap().as_bytes(), b"Bearer one");
         assert_eq!(c.reload_blocking(), Reload::Unchanged);
 
