@@ -50,15 +50,17 @@ pub fn spawn(
     if dirs.is_empty() {
         return None;
     }
+    // Once at start too (before the proxy announces itself): a token already past 90% of
+    // its lifetime should not wait for the first safety-net tick to be reported.
+    let mut warned_for: Option<i64> = None;
+    warn_if_not_rotated(&creds, &mut warned_for);
+    // Watching before the proxy announces itself: a rotation right after the start-up
+    // line is seen at once, not at the next periodic re-read.
+    let mut events = DirEvents::new(&dirs);
     Some(tokio::spawn(async move {
-        let mut events = DirEvents::new(&dirs);
         let mut tick = tokio::time::interval(SAFETY_NET);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
-        let mut warned_for: Option<i64> = None;
-        // Once at start too: a token already past 90% of its lifetime should not wait for
-        // the first safety-net tick to be reported.
-        warn_if_not_rotated(&creds, &mut warned_for);
         loop {
             tokio::select! {
                 () = events.next() => {}

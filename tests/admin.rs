@@ -1,0 +1,411 @@
+//! The admin listener (`--admin-address`) through the real binary: `/healthz`, `/readyz`
+//! following whether the API server answers, no proxying on the admin port (and no admin
+//! endpoints on the proxy port), and `/metrics` in Prometheus text whose every series moves
+//! when it should: requests, durations, upstream errors, open connections, watches and
+//! tunnels, token and CA reloads, the token's expiry.
+
+mod support;
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use support::client::{self, AbortOnDrop};
+use support::fake_api::base64;
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const TOKEN: &str = "admin-sa-token";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const GET_200: &str = r#"kube_ambassador_requests_total{method="GET",code="200"}"#;
+const DURATION_COUNT: &str = "kube_ambassador_request_duration_seconds_count";
+const REFUSED: &str = r#"kube_ambassador_upstream_errors_total{kind="refused"}"#;
+const WATCHES: &str = "kube_ambassador_active_watches";
+const UPGRADES: &str = "kube_ambassador_active_upgrades";
+const CONNECTIONS: &str = "kube_ambassador_open_connections";
+const TOKEN_CHANGED: &str = r#"kube_ambassador_token_reloads_total{result="changed"}"#;
+const CA_CHANGED: &str = r#"kube_ambassador_ca_reloads_total{result="changed"}"#;
+const EXPIRY: &str = "kube_ambassador_token_expiry_timestamp_seconds";
+
+/// A port that was free a moment ago (`--admin-address` has no `:0` that could be read
+/// back, so the test picks one). Taken from below the kernel's ephemeral range, so no
+/// `bind(:0)` or outgoing connection of a test running alongside can take it meanwhile.
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, span) = (20_000u16, ephemeral_low.saturating_sub(20_000).max(1));
+    // A different starting point per test process, then consecutive candidates.
+    let seed = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let port = low + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {}", low + span);
+}
+
+/// The fake API server, a world and a proxy with an admin listener; returns the admin
+/// base URL too.
+async fn setup_with(token: &str, extra_args: &[&str]) -> (FakeApi, World, Proxy, String) {
+    let pki = Pki::new();
+    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[token])).await;
+    let world = World::with_sa(token, &pki.ca_pem(), "default");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let flag = format!("--admin-address={admin}");
+    let mut args = vec![flag.as_str()];
+    args.extend_from_slice(extra_args);
+    let proxy = Proxy::in_cluster(&world, &api, &args).await;
+    (api, world, proxy, format!("http://{admin}"))
+}
+
+async fn setup() -> (FakeApi, World, Proxy, String) {
+    setup_with(TOKEN, &[]).await
+}
+
+/// One scrape of `/metrics`.
+struct Scrape(String);
+
+impl Scrape {
+    async fn get(admin: &str) -> Scrape {
+        let resp = client::get(&format!("{admin}/metrics")).await;
+        assert_eq!(resp.status, 200, "{}", resp.text());
+        Scrape(resp.text())
+    }
+
+    /// The value of the series written exactly as `series` (name and labels); `None` if
+    /// it is absent.
+    fn value(&self, series: &str) -> Option<f64> {
+        self.0.lines().find_map(|line| {
+            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+            let v = rest.split_whitespace().next()?;
+            Some(v.parse().unwrap_or_else(|e| panic!("{line:?}: {e}")))
+        })
+    }
+
+    /// Like [`Scrape::value`], absent counting as 0 (label sets only appear once used).
+    fn count(&self, series: &str) -> f64 {
+        self.value(series).unwrap_or(0.0)
+    }
+}
+
+/// Re-scrapes until `pred` holds for the value of `series` (absent = 0). The proxy has no
+/// change notification for its metrics, so this re-checks the condition; callers first
+/// await the event that makes it true, and the pause only paces the retries.
+async fn wait_metric(admin: &str, series: &str, pred: impl Fn(f64) -> bool) -> f64 {
+    let mut last = None;
+    let found = tokio::time::timeout(support::WAIT, async {
+        loop {
+            let v = Scrape::get(admin).await.count(series);
+            if pred(v) {
+                return v;
+            }
+            last = Some(v);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("{series} never matched; last value {last:?}"))
+}
+
+/// `header.payload.signature` with base64url parts, as a projected service-account token.
+fn jwt(iat: i64, exp: i64) -> String {
+    let b64url = |s: &str| {
+        base64(s.as_bytes())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    format!(
+        "{}.{}.{}",
+        b64url(r#"{"alg":"RS256","kid":"test"}"#),
+        b64url(&format!(
+            r#"{{"aud":["https://kubernetes.default.svc"],"exp":{exp},"iat":{iat},"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:default:app"}}"#
+        )),
+        b64url("not-a-real-signature")
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn healthz_answers_200_ok() {
+    let (_api, _world, _proxy, admin) = setup().await;
+    let resp = client::get(&format!("{admin}/healthz")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.text(), "ok\n");
+    // Anything else is not found, and nothing but GET and HEAD is allowed.
+    let resp = client::get(&format!("{admin}/nothing-here")).await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND);
+    let resp = client::send("POST", &format!("{admin}/healthz"), &[], "").await;
+    assert_eq!(resp.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn readyz_follows_whether_the_api_server_answers() {
+    let (api, _world, proxy, admin) = setup().await;
+    let readyz = format!("{admin}/readyz");
+    // The admin listener probes the API server once at start; that answer must not land
+    // after the failure below.
+    api.wait_for_request(|s| s.path == "/version").await;
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    let resp = client::get(&readyz).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+
+    api.stop().await;
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 503);
+    let resp = client::get(&readyz).await;
+    assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(resp.text().contains("not answering"), "{}", resp.text());
+    // The liveness probe does not care: restarting the proxy would not help.
+    assert_eq!(
+        client::get(&format!("{admin}/healthz")).await.status,
+        StatusCode::OK
+    );
+
+    api.restart().await;
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    let resp = client::get(&readyz).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+}
+
+#[tokio::test]
+async fn the_admin_port_never_proxies_and_the_proxy_ports_healthz_is_the_api_servers() {
+    let (api, _world, proxy, admin) = setup().await;
+    let paths = [PODS, "/api", "/echo/via-admin", "/public/echo/via-admin"];
+    for path in paths {
+        let resp = client::get(&format!("{admin}{path}")).await;
+        assert_eq!(resp.status, StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(resp.text(), "not found\n", "{path}");
+    }
+
+    let resp = client::get(&proxy.url("/healthz")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    assert_eq!(resp.text(), "ok", "not the fake API server's answer");
+    let seen = api.wait_for_request(|s| s.path == "/healthz").await;
+    assert_eq!(seen.token.as_deref(), Some(TOKEN));
+    let resp = client::get(&proxy.url("/metrics")).await;
+    assert_eq!(resp.status, StatusCode::NOT_FOUND, "{}", resp.text());
+    api.wait_for_request(|s| s.path == "/metrics").await;
+    // Nothing asked on the admin port reached the API server. (It does see the admin
+    // listener's own readiness probe of `/version`, which is not a proxied request.)
+    let reached: Vec<String> = api.requests().into_iter().map(|s| s.path).collect();
+    for path in paths {
+        assert!(
+            !reached.iter().any(|p| p == path),
+            "{path} was proxied: {reached:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_and_count_requests_and_their_durations() {
+    let (_api, _world, proxy, admin) = setup().await;
+    let resp = client::get(&format!("{admin}/metrics")).await;
+    assert_eq!(resp.status, StatusCode::OK);
+    let content_type = resp.header("content-type").unwrap_or_default();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = resp.text();
+    for want in [
+        "# TYPE kube_ambassador_requests counter",
+        "# TYPE kube_ambassador_request_duration_seconds histogram",
+        "# TYPE kube_ambassador_upstream_errors counter",
+        "# TYPE kube_ambassador_active_watches gauge",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in\n{text}");
+    }
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    let before = Scrape::get(&admin).await;
+    for _ in 0..3 {
+        assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    }
+    assert_eq!(client::get(&proxy.url("/nothing")).await.status, 404);
+    let after = Scrape::get(&admin).await;
+    assert_eq!(after.count(GET_200), before.count(GET_200) + 3.0);
+    assert_eq!(
+        after.count(r#"kube_ambassador_requests_total{method="GET",code="404"}"#),
+        before.count(r#"kube_ambassador_requests_total{method="GET",code="404"}"#) + 1.0
+    );
+    assert_eq!(
+        after.count(DURATION_COUNT),
+        before.count(DURATION_COUNT) + 4.0
+    );
+    let le_inf = r#"kube_ambassador_request_duration_seconds_bucket{le="+Inf"}"#;
+    assert_eq!(after.count(le_inf), after.count(DURATION_COUNT));
+    // Scrapes of the admin port are not proxied requests.
+    assert_eq!(
+        Scrape::get(&admin).await.count(DURATION_COUNT),
+        after.count(DURATION_COUNT)
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_upstream_errors_by_kind_when_the_api_server_is_down() {
+    let (api, _world, proxy, admin) = setup().await;
+    // The admin listener's start-up probe of the API server is over before it goes down,
+    // so the only failures counted below are the two requests'.
+    api.wait_for_request(|s| s.path == "/version").await;
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    assert_eq!(Scrape::get(&admin).await.count(REFUSED), 0.0);
+    api.stop().await;
+    for _ in 0..2 {
+        let resp = client::get(&proxy.url(PODS)).await;
+        assert_eq!(resp.status, 503, "{}", resp.text());
+    }
+    let scrape = Scrape::get(&admin).await;
+    assert_eq!(scrape.count(REFUSED), 2.0);
+    assert_eq!(
+        scrape.count(r#"kube_ambassador_requests_total{method="GET",code="503"}"#),
+        2.0
+    );
+    assert_eq!(
+        scrape.count(r#"kube_ambassador_upstream_errors_total{kind="timeout"}"#),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn the_active_watches_gauge_is_1_while_a_watch_is_open_and_0_after_it_closes() {
+    let (api, _world, proxy, admin) = setup().await;
+    assert_eq!(Scrape::get(&admin).await.count(WATCHES), 0.0);
+    let mut watch = client::get_stream(&proxy.url(&format!("{PODS}?watch=1")), &[]).await;
+    assert_eq!(watch.status, 200);
+    within("the first watch event", watch.next_json())
+        .await
+        .expect("an ADDED event");
+    assert_eq!(Scrape::get(&admin).await.value(WATCHES), Some(1.0));
+    // A plain list is not a watch.
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    assert_eq!(Scrape::get(&admin).await.value(WATCHES), Some(1.0));
+
+    drop(watch);
+    api.wait_open_watches(0).await;
+    wait_metric(&admin, WATCHES, |v| v == 0.0).await;
+}
+
+#[tokio::test]
+async fn the_active_upgrades_gauge_is_1_while_a_tunnel_is_open_and_0_after_it_closes() {
+    let (api, _world, proxy, admin) = setup().await;
+    let up = client::upgrade(
+        &proxy.url(&format!("{PODS}/p/portforward")),
+        &[("connection", "Upgrade"), ("upgrade", "SPDY/3.1")],
+    )
+    .await;
+    assert_eq!(up.status, StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = up.io.expect("upgraded stream");
+    io.write_all(b"ping").await.unwrap();
+    let mut back = [0u8; 4];
+    within("the echo", io.read_exact(&mut back)).await.unwrap();
+    assert_eq!(Scrape::get(&admin).await.value(UPGRADES), Some(1.0));
+
+    drop(io);
+    api.wait_open_upgrades(0).await;
+    wait_metric(&admin, UPGRADES, |v| v == 0.0).await;
+}
+
+#[tokio::test]
+async fn the_open_connections_gauge_counts_a_keep_alive_connection_until_it_closes() {
+    let (_api, _world, proxy, admin) = setup().await;
+    assert_eq!(Scrape::get(&admin).await.value(CONNECTIONS), Some(0.0));
+
+    let tcp = TcpStream::connect(proxy.socket_addr()).await.unwrap();
+    let (mut sender, conn) = within("HTTP/1.1 handshake", http1::handshake(TokioIo::new(tcp)))
+        .await
+        .unwrap();
+    let conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    for _ in 0..2 {
+        let req = http::Request::get(PODS)
+            .header("host", proxy.socket_addr().to_string())
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let resp = within("a request on the kept-alive connection", async {
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status();
+            resp.into_body().collect().await.unwrap();
+            status
+        })
+        .await;
+        assert_eq!(resp, StatusCode::OK);
+        assert_eq!(Scrape::get(&admin).await.value(CONNECTIONS), Some(1.0));
+    }
+
+    drop(sender);
+    drop(conn);
+    wait_metric(&admin, CONNECTIONS, |v| v == 0.0).await;
+}
+
+#[tokio::test]
+async fn the_token_reloads_counter_moves_when_the_kubelet_rotates_the_token() {
+    let (api, world, proxy, admin) = setup().await;
+    assert_eq!(Scrape::get(&admin).await.count(TOKEN_CHANGED), 0.0);
+    api.set_tokens(&[TOKEN, "admin-sa-token-2"]);
+    world.rotate(Some("admin-sa-token-2"), None);
+    proxy.wait_stderr("token changed on disk").await;
+    wait_metric(&admin, TOKEN_CHANGED, |v| v == 1.0).await;
+    let resp = client::get(&proxy.url("/echo/after")).await;
+    assert_eq!(resp.json()["token"], "admin-sa-token-2");
+    assert_eq!(
+        Scrape::get(&admin)
+            .await
+            .count(r#"kube_ambassador_token_reloads_total{result="failed"}"#),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn the_ca_reloads_counter_moves_when_the_ca_is_rotated() {
+    let (_api, world, proxy, admin) = setup().await;
+    assert_eq!(Scrape::get(&admin).await.count(CA_CHANGED), 0.0);
+    world.rotate(None, Some(&Pki::new().ca_pem()));
+    proxy.wait_stderr("CA changed on disk").await;
+    wait_metric(&admin, CA_CHANGED, |v| v == 1.0).await;
+    assert_eq!(Scrape::get(&admin).await.count(TOKEN_CHANGED), 0.0);
+}
+
+#[tokio::test]
+async fn the_token_expiry_gauge_is_the_exp_claim_of_a_jwt_token_and_follows_a_rotation() {
+    let now = unix_now();
+    let first = jwt(now - 60, now + 3600);
+    let (api, world, proxy, admin) = setup_with(&first, &[]).await;
+    assert_eq!(
+        Scrape::get(&admin).await.value(EXPIRY),
+        Some((now + 3600) as f64)
+    );
+
+    let second = jwt(now, now + 7200);
+    api.set_tokens(&[&first, &second]);
+    world.rotate(Some(&second), None);
+    proxy.wait_stderr("token changed on disk").await;
+    wait_metric(&admin, EXPIRY, |v| v == (now + 7200) as f64).await;
+    assert_eq!(
+        client::get(&proxy.url("/echo/x")).await.json()["token"],
+        second.as_str()
+    );
+}
+
+#[tokio::test]
+async fn a_token_that_is_not_a_jwt_has_no_expiry_gauge() {
+    let (_api, _world, _proxy, admin) = setup().await;
+    let scrape = Scrape::get(&admin).await;
+    assert_eq!(scrape.value(EXPIRY), None, "{}", scrape.0);
+    assert!(scrape.value(GET_200).is_none());
+}
