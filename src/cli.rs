@@ -149,8 +149,9 @@ pub struct Cli {
     pub impersonate_uid: Option<String>,
 
     /// The length of time to wait for the API server's response headers before giving
-    /// up on a request (a watch, once started, is never cut). Zero means no timeout.
-    #[arg(long, default_value = "0", value_parser = parse_duration)]
+    /// up on a request (a watch, once started, is never cut). A number without a unit is
+    /// seconds, as in kubectl (e.g. 1s, 2m, 3h). Zero means no timeout.
+    #[arg(long, default_value = "0", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 
     /// If true, ask the API server for uncompressed responses.
@@ -240,6 +241,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// Parses `--request-timeout` as kubectl does (client-go's `ParseTimeout`): a whole
+/// number of seconds, or a Go-style duration.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    parse_duration(s).map_err(|_| {
+        format!(
+            "invalid timeout {s:?}: a whole number of seconds, or a number with a unit (e.g. \
+             1s, 2m, 3h)"
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,6 +268,17 @@ mod tests {
         assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
         for bad in ["", "5", "s", "5x", "-1s", "1..2s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn request_timeout_without_a_unit_is_seconds_as_in_kubectl() {
+        assert_eq!(parse_timeout("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_timeout("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_timeout("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("2m"), Ok(Duration::from_secs(120)));
+        for bad in ["", "-1", "5x", "s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
         }
     }
 

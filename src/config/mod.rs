@@ -159,6 +159,15 @@ pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
             }
         }
     }
+    // As kubectl: a context asked for by name must exist, even when no kubeconfig was
+    // found (a loaded one has been checked by `select`); it is never silently ignored.
+    if let Some(name) = &cli.context {
+        return Err(kubeconfig::KubeconfigError::NoContext {
+            name: name.clone(),
+            files: "(no kubeconfig file was found)".to_owned(),
+        }
+        .into());
+    }
     from_in_cluster(cli, env)
 }
 
@@ -352,7 +361,7 @@ fn finish(cli: &Cli, p: Pieces) -> Result<Upstream, ConfigError> {
             ServerName::try_from(name.clone()).map_err(|_| ConfigError::BadServerName(name))?
         }
         None => server_name_of(&authority).ok_or_else(|| ConfigError::BadServer {
-            url: p.url.clone(),
+            url: redacted(&p.url),
             reason: "the host is not a valid DNS name or IP address".to_owned(),
         })?,
     };
@@ -547,7 +556,7 @@ fn auth_provider_replacement(name: &str) -> &'static str {
 /// kubeconfig `proxy-url`: `http://` (CONNECT tunnel) or `socks5://`.
 fn parse_proxy_url(url: &str) -> Result<http::Uri, ConfigError> {
     let bad = |reason: &str| ConfigError::BadProxyUrl {
-        url: url.to_owned(),
+        url: redacted(url),
         reason: reason.to_owned(),
     };
     let uri: http::Uri = url.parse().map_err(|_| bad("not a URL"))?;
@@ -566,10 +575,28 @@ fn parse_proxy_url(url: &str) -> Result<http::Uri, ConfigError> {
     Ok(uri)
 }
 
+/// A URL for messages: a password in it becomes `xxxxx` (as Go's `URL.Redacted`), and a
+/// user part without a password, which may be a token, is masked whole.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}{user}:xxxxx@{host}{tail}"),
+            None => format!("{scheme}xxxxx@{host}{tail}"),
+        },
+        None => url.to_owned(),
+    }
+}
+
 /// Splits a server URL into scheme, authority (default port filled in) and path.
 fn parse_server(url: &str) -> Result<(Scheme, Authority, String), ConfigError> {
     let bad = |reason: &str| ConfigError::BadServer {
-        url: url.to_owned(),
+        url: redacted(url),
         reason: reason.to_owned(),
     };
     let uri: http::Uri = url
