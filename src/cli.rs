@@ -15,6 +15,12 @@ use crate::filter;
 /// kubectl proxy's port; `--unix-socket` may only be combined with this one.
 pub const DEFAULT_PORT: u16 = 8001;
 
+/// Help headings: kubectl proxy's own flags, the kubeconfig flags kubectl accepts
+/// everywhere, and ours.
+const PROXY: &str = "kubectl proxy options";
+const KUBECONFIG: &str = "Kubeconfig options (as kubectl's global flags)";
+const OURS: &str = "kube-ambassador options";
+
 /// Serve the Kubernetes API on a local port, with TLS and credentials handled for you.
 #[derive(Parser, Clone)]
 #[command(
@@ -27,175 +33,187 @@ pub const DEFAULT_PORT: u16 = 8001;
                   TLS, verifying it with the configured CA and authenticating with the \
                   service-account token (re-read as soon as the kubelet rotates it).\n\n\
                   A drop-in replacement for `kubectl proxy`: same flags, same filter, same \
-                  start-up line."
+                  start-up line.",
+    after_help = "Examples:
+  # In a pod (sidecar): in-cluster configuration, token re-read on rotation
+  kube-ambassador --admin-address=0.0.0.0:8002
+
+  # On a workstation: the current kubeconfig context, like `kubectl proxy`
+  kube-ambassador
+
+  # Serve the API on a random port, and static files from ./www under /static/
+  kube-ambassador --port=0 --www=./www
+
+  # Serve the API under /k8s-api/ and refuse writes
+  kube-ambassador --api-prefix=/k8s-api --reject-methods='POST,PUT,PATCH,DELETE'"
 )]
 pub struct Cli {
     /// The port on which to run the proxy. Set to 0 to pick a random port.
-    #[arg(short = 'p', long, default_value_t = DEFAULT_PORT)]
+    #[arg(short = 'p', long, default_value_t = DEFAULT_PORT, help_heading = PROXY)]
     pub port: u16,
 
     /// The IP address on which to serve on (`::1` and `[::1]` both work for IPv6).
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", help_heading = PROXY)]
     pub address: String,
 
     /// Regular expression for hosts that the proxy should accept.
-    #[arg(long, default_value = filter::DEFAULT_ACCEPT_HOSTS)]
+    #[arg(long, default_value = filter::DEFAULT_ACCEPT_HOSTS, help_heading = PROXY)]
     pub accept_hosts: String,
 
     /// Regular expression for paths that the proxy should accept.
-    #[arg(long, default_value = filter::DEFAULT_ACCEPT_PATHS)]
+    #[arg(long, default_value = filter::DEFAULT_ACCEPT_PATHS, help_heading = PROXY)]
     pub accept_paths: String,
 
     /// Regular expression for paths that the proxy should reject. Paths specified here
     /// will be rejected even accepted by --accept-paths.
-    #[arg(long, default_value = filter::DEFAULT_REJECT_PATHS)]
+    #[arg(long, default_value = filter::DEFAULT_REJECT_PATHS, help_heading = PROXY)]
     pub reject_paths: String,
 
     /// Regular expression for HTTP methods that the proxy should reject (example
     /// --reject-methods='POST,PUT,PATCH').
-    #[arg(long, default_value = filter::DEFAULT_REJECT_METHODS)]
+    #[arg(long, default_value = filter::DEFAULT_REJECT_METHODS, help_heading = PROXY)]
     pub reject_methods: String,
 
     /// If true, disable request filtering in the proxy. This is dangerous, and can leave
     /// you vulnerable to XSRF attacks, when used with an accessible port.
-    #[arg(long)]
+    #[arg(long, help_heading = PROXY)]
     pub disable_filter: bool,
 
     /// Prefix to serve the proxied API under.
-    #[arg(long, default_value = "/")]
+    #[arg(long, default_value = "/", help_heading = PROXY)]
     pub api_prefix: String,
 
     /// Also serve static files from the given directory under the specified prefix.
-    #[arg(short = 'w', long, value_name = "DIR")]
+    #[arg(short = 'w', long, value_name = "DIR", help_heading = PROXY)]
     pub www: Option<PathBuf>,
 
     /// Prefix to serve static files under, if static file directory is specified.
-    #[arg(short = 'P', long, default_value = "/static/")]
+    #[arg(short = 'P', long, default_value = "/static/", help_heading = PROXY)]
     pub www_prefix: String,
 
     /// Unix socket on which to run the proxy.
-    #[arg(short = 'u', long, value_name = "PATH")]
+    #[arg(short = 'u', long, value_name = "PATH", help_heading = PROXY)]
     pub unix_socket: Option<PathBuf>,
 
     /// If true, enables automatic path appending of the kube context server path to each
     /// request.
-    #[arg(long)]
+    #[arg(long, help_heading = PROXY)]
     pub append_server_path: bool,
 
     /// keepalive specifies the keep-alive period for an active network connection to the
     /// API server. Set to 0 to disable keepalive.
-    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = PROXY)]
     pub keepalive: Duration,
 
     /// The address and port of the Kubernetes API server.
-    #[arg(short = 's', long)]
+    #[arg(short = 's', long, help_heading = KUBECONFIG)]
     pub server: Option<String>,
 
     /// Bearer token for authentication to the API server (read once; prefer a token
     /// file, which is re-read when it changes).
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub token: Option<Secret>,
 
     /// Path to a cert file for the certificate authority.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub certificate_authority: Option<PathBuf>,
 
     /// Server name to use for server certificate validation. If it is not provided, the
     /// hostname used to contact the server is used.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub tls_server_name: Option<String>,
 
     /// If true, the server's certificate will not be checked for validity. This will make
     /// your HTTPS connections insecure.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub insecure_skip_tls_verify: bool,
 
     /// Path to the kubeconfig file to use for CLI requests.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = KUBECONFIG)]
     pub kubeconfig: Option<PathBuf>,
 
     /// The name of the kubeconfig context to use.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub context: Option<String>,
 
     /// The name of the kubeconfig cluster to use.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub cluster: Option<String>,
 
     /// The name of the kubeconfig user to use.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub user: Option<String>,
 
     /// Path to a client certificate file for TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = KUBECONFIG)]
     pub client_certificate: Option<PathBuf>,
 
     /// Path to a client key file for TLS.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", help_heading = KUBECONFIG)]
     pub client_key: Option<PathBuf>,
 
     /// Username to impersonate for the operation. User could be a regular user or a
     /// service account in a namespace.
-    #[arg(long = "as", value_name = "USER")]
+    #[arg(long = "as", value_name = "USER", help_heading = KUBECONFIG)]
     pub impersonate: Option<String>,
 
     /// Group to impersonate for the operation, this flag can be repeated to specify
     /// multiple groups.
-    #[arg(long = "as-group", value_name = "GROUP")]
+    #[arg(long = "as-group", value_name = "GROUP", help_heading = KUBECONFIG)]
     pub impersonate_groups: Vec<String>,
 
     /// UID to impersonate for the operation.
-    #[arg(long = "as-uid", value_name = "UID")]
+    #[arg(long = "as-uid", value_name = "UID", help_heading = KUBECONFIG)]
     pub impersonate_uid: Option<String>,
 
     /// The length of time to wait for the API server's response headers before giving
     /// up on a request (a watch, once started, is never cut). A number without a unit is
     /// seconds, as in kubectl (e.g. 1s, 2m, 3h). Zero means no timeout.
-    #[arg(long, default_value = "0", value_parser = parse_timeout)]
+    #[arg(long, default_value = "0", value_parser = parse_timeout, help_heading = KUBECONFIG)]
     pub request_timeout: Duration,
 
     /// If true, ask the API server for uncompressed responses.
-    #[arg(long)]
+    #[arg(long, help_heading = KUBECONFIG)]
     pub disable_compression: bool,
 
     /// How long an exec credential plugin may run before it is stopped and the request
     /// fails with an error.
-    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = OURS)]
     pub exec_timeout: Duration,
 
     /// Directory holding the pod's service-account `token`, `ca.crt` and `namespace`
     /// (used in a pod, with KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = OURS)]
     pub service_account_dir: Option<PathBuf>,
 
     /// How long to wait for a TCP connection to the API server.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, help_heading = OURS)]
     pub connect_timeout: Duration,
 
     /// After SIGTERM, keep serving this long before stopping (the app container gets its
     /// SIGTERM at the same moment and may still call the API). SIGINT skips it.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = OURS)]
     pub shutdown_delay: Duration,
 
     /// After the delay, how long in-flight requests and tunnels may take to finish.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, default_value = "20s", value_parser = parse_duration, help_heading = OURS)]
     pub shutdown_grace: Duration,
 
     /// Serve /healthz, /readyz and /metrics on this HOST:PORT (off unless set; it never
     /// proxies). Example: --admin-address=0.0.0.0:8002.
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", help_heading = OURS)]
     pub admin_address: Option<String>,
 
     /// Log format on stderr: text or json.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, help_heading = OURS)]
     pub log_format: LogFormat,
 
     /// Log one line per request: method, path, status, duration, bytes, upstream time.
-    #[arg(long)]
+    #[arg(long, help_heading = OURS)]
     pub access_log: bool,
 
     /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
-    #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL")]
+    #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL", help_heading = KUBECONFIG)]
     pub verbosity: u8,
 }
 

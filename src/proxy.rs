@@ -169,6 +169,16 @@ impl Proxy {
     }
 
     async fn serve(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+        if let Some(refused) = host_error(&req) {
+            return refused;
+        }
+        // `OPTIONS *` asks about the server itself: Go's server (so kubectl) answers it.
+        if req.method() == Method::OPTIONS && req.uri() == "*" {
+            let mut resp = Response::new(ProxyBody::empty());
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+            return resp;
+        }
         if req.method() == Method::CONNECT || req.uri().path() == "*" {
             return status::response(
                 StatusCode::BAD_REQUEST,
@@ -193,12 +203,7 @@ impl Proxy {
                     None => status::not_found(),
                 };
             }
-            Route::BadRequest => {
-                let mut resp = status::text(StatusCode::BAD_REQUEST, "400 Bad Request");
-                resp.headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return resp;
-            }
+            Route::BadRequest => return bad_request("400 Bad Request"),
         };
         if let Some(filter) = &self.filter {
             // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
@@ -232,9 +237,10 @@ impl Proxy {
         self.forward(req, target, peer, long_lived).await
     }
 
-    /// Fixed origin + the client's path and query, byte for byte; the server URL's path
-    /// goes first only with `--append-server-path` (kubectl's rule: without it, that path
-    /// only earns a warning at start-up).
+    /// Fixed origin + the client's path and query, byte for byte (but for bytes no URI
+    /// may contain, see [`push_path`]); the server URL's path goes first only with
+    /// `--append-server-path` (kubectl's rule: without it, that path only earns a warning
+    /// at start-up).
     fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Option<Uri> {
         let base = if self.append_server_path {
             self.upstream.base_path.as_str()
@@ -242,12 +248,12 @@ impl Proxy {
             ""
         };
         let mut pq =
-            String::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
-        pq.push_str(base);
-        pq.push_str(raw_path);
+            Vec::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
+        push_path(&mut pq, base);
+        push_path(&mut pq, raw_path);
         if let Some(q) = query {
-            pq.push('?');
-            pq.push_str(q);
+            pq.push(b'?');
+            pq.extend_from_slice(q.as_bytes());
         }
         let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()?;
         Uri::builder()
@@ -488,6 +494,53 @@ impl Proxy {
     }
 }
 
+/// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (controls,
+/// space, non-ASCII, `"<>\^`{|}`; our HTTP parser lets some of them through), as
+/// kubectl's Go client sends them. Escapes already there are kept as they are.
+fn push_path(out: &mut Vec<u8>, path: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in path.as_bytes() {
+        if b <= b' ' || b >= 0x7f || b"\"<>\\^`{|}".contains(&b) {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        } else {
+            out.push(b);
+        }
+    }
+}
+
+/// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:
+/// an HTTP/1.1 request without `Host` (CONNECT aside), a request with more than one, or
+/// one whose value has a byte no host can contain, gets a 400 and goes nowhere.
+fn host_error<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let body = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => "400 Bad Request",
+        (None, _) if req.version() == Version::HTTP_11 && req.method() != Method::CONNECT => {
+            "400 Bad Request: missing required Host header"
+        }
+        (Some(h), None) if !h.as_bytes().iter().all(|&b| valid_host_byte(b)) => {
+            "400 Bad Request: malformed Host header"
+        }
+        _ => return None,
+    };
+    Some(bad_request(body))
+}
+
+/// Go's `httpguts.ValidHostHeader`, byte by byte.
+fn valid_host_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=[]_~".contains(&b)
+}
+
+/// A 400 as Go's server writes it for a request it cannot parse: plain text, and the
+/// connection closed.
+fn bad_request(body: &'static str) -> Response<ProxyBody> {
+    let mut resp = status::text(StatusCode::BAD_REQUEST, body);
+    let h = resp.headers_mut();
+    h.remove(header::X_CONTENT_TYPE_OPTIONS);
+    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    resp
+}
+
 fn build(method: &Method, target: &Uri, headers: HeaderMap, body: ProxyBody) -> Request<ProxyBody> {
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
@@ -621,6 +674,54 @@ fn chain<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bytes_no_uri_may_hold_are_escaped_in_the_path() {
+        let escaped = |p: &str| {
+            let mut out = Vec::new();
+            push_path(&mut out, p);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(
+            escaped("/a%2Fb/c;d=e/[f]!'()*$&+,:@~"),
+            "/a%2Fb/c;d=e/[f]!'()*$&+,:@~"
+        );
+        assert_eq!(
+            escaped("/caf\u{e9}/a|b/{c}^\"\\"),
+            "/caf%C3%A9/a%7Cb/%7Bc%7D%5E%22%5C"
+        );
+    }
+
+    #[test]
+    fn host_header_checks_are_gos() {
+        let req = |version: Version, hosts: &[&str]| {
+            let mut b = Request::builder().version(version).uri("/api");
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        let refused = |r: &Request<()>| host_error(r).map(|resp| resp.status());
+        assert_eq!(refused(&req(Version::HTTP_11, &["localhost:8001"])), None);
+        assert_eq!(refused(&req(Version::HTTP_11, &["[::1]:8001"])), None);
+        // Empty is allowed (and the filter refuses it).
+        assert_eq!(refused(&req(Version::HTTP_11, &[""])), None);
+        assert_eq!(refused(&req(Version::HTTP_10, &[])), None);
+        assert_eq!(refused(&req(Version::HTTP_2, &[])), None);
+        for bad in [
+            &[][..],
+            &["a", "b"],
+            &["local host"],
+            &["localhost/x"],
+            &["u@localhost"],
+        ] {
+            assert_eq!(
+                refused(&req(Version::HTTP_11, bad)),
+                Some(StatusCode::BAD_REQUEST),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn watch_detection() {

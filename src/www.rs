@@ -117,6 +117,8 @@ enum Found {
     File {
         file: File,
         meta: Metadata,
+        /// The directory's `index.html`, served for the directory.
+        index: bool,
     },
     Listing {
         modified: Option<SystemTime>,
@@ -187,10 +189,10 @@ impl Www {
         match found {
             Found::AddSlash => local_redirect(&format!("{}/", escape(base(&upath))), query),
             Found::DropSlash => local_redirect(&format!("../{}", escape(base(&upath))), query),
-            Found::File { file, meta } => {
+            Found::File { file, meta, index } => {
                 let modified = meta.modified().ok();
                 if not_modified(headers, modified) {
-                    return empty(StatusCode::NOT_MODIFIED);
+                    return not_modified_response(modified);
                 }
                 let len = meta.len();
                 let body = if head {
@@ -202,7 +204,8 @@ impl Www {
                 let h = resp.headers_mut();
                 h.insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(content_type(&upath)),
+                    // A directory's index is typed by its own name, not the directory's.
+                    HeaderValue::from_static(content_type(if index { INDEX } else { &upath })),
                 );
                 h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
                 set_last_modified(h, modified);
@@ -210,7 +213,7 @@ impl Www {
             }
             Found::Listing { modified, entries } => {
                 if not_modified(headers, modified) {
-                    return empty(StatusCode::NOT_MODIFIED);
+                    return not_modified_response(modified);
                 }
                 let html = listing(&entries);
                 let len = html.len();
@@ -262,7 +265,11 @@ fn lookup(root: &Path, rel: &Path, slash: bool) -> Result<Found, ServeError> {
         return Ok(if slash {
             Found::DropSlash
         } else {
-            Found::File { file, meta }
+            Found::File {
+                file,
+                meta,
+                index: false,
+            }
         });
     }
     if !slash {
@@ -271,7 +278,11 @@ fn lookup(root: &Path, rel: &Path, slash: bool) -> Result<Found, ServeError> {
     // Go falls back to the listing whatever kept the index from being opened.
     if let Ok((file, meta, _)) = open_beneath(&root, &rel.join(INDEX)) {
         if meta.is_file() {
-            return Ok(Found::File { file, meta });
+            return Ok(Found::File {
+                file,
+                meta,
+                index: true,
+            });
         }
     }
     let mut entries = Vec::new();
@@ -340,6 +351,13 @@ fn local_redirect(location: &str, query: Option<&str>) -> Response<ProxyBody> {
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
+    resp
+}
+
+/// Go's `writeNotModified`: no body, but the `Last-Modified` that was checked.
+fn not_modified_response(modified: Option<SystemTime>) -> Response<ProxyBody> {
+    let mut resp = empty(StatusCode::NOT_MODIFIED);
+    set_last_modified(resp.headers_mut(), modified);
     resp
 }
 
@@ -580,8 +598,9 @@ mod tests {
         let (_, h, _) = get(&w, "app.js", None).await;
         assert_eq!(h[header::CONTENT_TYPE], "text/javascript; charset=utf-8");
 
-        let (code, _, body) = get(&w, "sub/", None).await;
+        let (code, h, body) = get(&w, "sub/", None).await;
         assert_eq!((code, &body[..]), (StatusCode::OK, &b"<p>sub</p>"[..]));
+        assert_eq!(h[header::CONTENT_TYPE], "text/html; charset=utf-8");
         let redirects = [
             ("sub", None, "sub/"),
             ("sub", Some("a=1"), "sub/?a=1"),
@@ -638,6 +657,10 @@ mod tests {
         cond.insert(header::IF_MODIFIED_SINCE, h[header::LAST_MODIFIED].clone());
         let resp = w.serve(&Method::GET, &cond, "hello.txt", None).await;
         assert_eq!(resp.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(
+            resp.headers()[header::LAST_MODIFIED],
+            h[header::LAST_MODIFIED]
+        );
         cond.insert(
             header::IF_MODIFIED_SINCE,
             HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),

@@ -194,7 +194,7 @@ fn from_in_cluster(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError
         (None, false) => None,
     };
     let token = if let Some(token) = &cli.token {
-        TokenSource::Static(token.clone())
+        TokenSource::Static(token.clone(), "--token")
     } else if use_sa {
         let path = sa_dir.join("token");
         if !path.exists() {
@@ -273,11 +273,11 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
     };
     let user_name = sel.user_name.clone().unwrap_or_default();
     let token = if let Some(token) = &cli.token {
-        TokenSource::Static(token.clone())
+        TokenSource::Static(token.clone(), "--token")
     } else if let Some(path) = &user.token_file {
         TokenSource::File(path.clone())
     } else if let Some(token) = &user.token {
-        TokenSource::Static(token.clone())
+        TokenSource::Static(token.clone(), "kubeconfig token")
     } else if let Some(exec) = &user.exec {
         TokenSource::Exec(Box::new(exec_spec(
             cli,
@@ -735,7 +735,7 @@ mod tests {
         .unwrap();
         assert_eq!(up.authority.as_str(), "example.test");
         assert_eq!(up.ca, Some(CaSource::File("/ca.pem".into())));
-        assert!(matches!(up.token, TokenSource::Static(_)));
+        assert!(matches!(up.token, TokenSource::Static(_, "--token")));
         assert!(matches!(up.server_name, ServerName::DnsName(_)));
         let err = resolve(
             &cli(&[

@@ -60,8 +60,9 @@ impl FromStr for Secret {
 pub enum TokenSource {
     /// No credentials are added (plain `http://` upstream, or none configured).
     None,
-    /// A fixed token (`--token`): read once, never refreshed.
-    Static(Secret),
+    /// A fixed token, read once and never refreshed; the second field names where it
+    /// came from (`--token`, or the kubeconfig's `token`) for the start-up log.
+    Static(Secret, &'static str),
     /// A file re-read whenever it changes (service-account token, kubeconfig `tokenFile`).
     File(PathBuf),
     /// HTTP Basic authentication (kubeconfig `username`/`password`).
@@ -75,7 +76,7 @@ impl TokenSource {
     pub fn describe(&self) -> String {
         match self {
             TokenSource::None => "none".to_owned(),
-            TokenSource::Static(_) => "--token (static)".to_owned(),
+            TokenSource::Static(_, from) => format!("{from} (static)"),
             TokenSource::File(p) => format!("file {}", p.display()),
             TokenSource::Basic { username, .. } => format!("basic auth as {username:?}"),
             TokenSource::Exec(spec) => format!("exec plugin {:?}", spec.command),
@@ -152,7 +153,7 @@ impl Credentials {
     pub fn load(source: TokenSource, tls: Option<Arc<Tls>>) -> Result<Arc<Self>, CredentialsError> {
         let initial = match &source {
             TokenSource::None | TokenSource::Exec(_) => None,
-            TokenSource::Static(s) => {
+            TokenSource::Static(s, _) => {
                 Some(bearer(s.expose()).ok_or(CredentialsError::InvalidStaticToken)?)
             }
             TokenSource::File(p) => Some(token_file::read(p)?),
@@ -331,7 +332,7 @@ mod tests {
     fn secrets_never_print() {
         let s: Secret = "hunter2".parse().unwrap();
         assert!(!format!("{s:?}").contains("hunter2"));
-        let c = Credentials::load(TokenSource::Static(s), None).unwrap();
+        let c = Credentials::load(TokenSource::Static(s, "--token"), None).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         let h = c.header().unwrap();
         assert!(h.is_sensitive());
@@ -357,7 +358,8 @@ mod tests {
 
     #[test]
     fn a_token_with_a_newline_is_refused() {
-        let err = Credentials::load(TokenSource::Static(Secret::new("a\nb")), None).unwrap_err();
+        let err = Credentials::load(TokenSource::Static(Secret::new("a\nb"), "--token"), None)
+            .unwrap_err();
         assert!(!err.to_string().contains("a\nb"));
     }
 
