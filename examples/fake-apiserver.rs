@@ -2,32 +2,52 @@
 //! service-account directory, so kube-ambassador can be tried without a cluster:
 //!
 //! ```text
-//! cargo run --example fake-apiserver -- --dir /tmp/ka-demo [--port N]
+//! cargo run --example fake-apiserver -- --dir /tmp/ka-demo [--port N] [--pods N]
+//!     [--tick-ms N] [--quiet]
 //! ```
 //!
-//! It prints the `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` to export and the
-//! service-account directory to pass as `--service-account-dir`, logs each request it
-//! receives to stderr, and serves until Ctrl-C.
+//! It prints the `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` to export, the
+//! service-account directory to pass as `--service-account-dir` and a kubeconfig (for
+//! `kubectl`) trusting its CA with its token, logs each request it receives to stderr, and
+//! serves until Ctrl-C (or SIGTERM).
+//!
+//! For benchmarks (`bench/run.sh`): `--pods N` serves `pod-0`..`pod-{N-1}` in `default`
+//! (3 by default); `--quiet` logs nothing per request and keeps the in-memory request log
+//! from growing without bound; `--tick-ms N` sends, every N ms, a watch event for a pod
+//! named `tick-<microseconds since the Unix epoch when it was sent>` in the namespace
+//! `bench-ticks` to every watch on that namespace, so a client can tell each event's
+//! latency from its name. The event is a `DELETED` of a pod that is not stored, so ticks
+//! leave the pod store (and every list) unchanged.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use support::{FakeApi, FakeApiOptions, Pki, World};
 
 const TOKEN: &str = "demo-token";
-const USAGE: &str = "usage: fake-apiserver --dir DIR [--port N]";
+const USAGE: &str =
+    "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--quiet]";
+/// The namespace `--tick-ms` events are sent in.
+const TICK_NAMESPACE: &str = "bench-ticks";
 
 struct Args {
     dir: PathBuf,
     port: u16,
+    pods: Option<usize>,
+    tick_ms: u64,
+    quiet: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut dir = None;
     let mut port = 0;
+    let mut pods = None;
+    let mut tick_ms = 0;
+    let mut quiet = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         // Both `--flag value` and `--flag=value`.
@@ -47,6 +67,17 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 port = v.parse().map_err(|_| format!("--port: not a port: {v}"))?;
             }
+            "--pods" => {
+                let v = value()?;
+                pods = Some(v.parse().map_err(|_| format!("--pods: not a count: {v}"))?);
+            }
+            "--tick-ms" => {
+                let v = value()?;
+                tick_ms = v
+                    .parse()
+                    .map_err(|_| format!("--tick-ms: not a number of milliseconds: {v}"))?;
+            }
+            "--quiet" => quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -54,6 +85,9 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         dir: dir.ok_or("--dir is required")?,
         port,
+        pods,
+        tick_ms,
+        quiet,
     })
 }
 
@@ -77,11 +111,17 @@ async fn main() -> ExitCode {
     let pki = Pki::new();
     let world = World::at(&args.dir);
     world.write(TOKEN, &pki.ca_pem(), "default");
-    let api = FakeApi::start(FakeApiOptions::new(pki).tokens(&[TOKEN]).port(args.port)).await;
+    let mut opts = FakeApiOptions::new(pki).tokens(&[TOKEN]).port(args.port);
+    if let Some(n) = args.pods {
+        opts = opts.pods(n);
+    }
+    let api = FakeApi::start(opts).await;
+    let kubeconfig = world.kubeconfig(&api.url(), &world.ca_path(), TOKEN);
 
     println!("KUBERNETES_SERVICE_HOST=127.0.0.1");
     println!("KUBERNETES_SERVICE_PORT={}", api.port());
     println!("SERVICE_ACCOUNT_DIR={}", world.sa_dir().display());
+    println!("KUBECONFIG={}", kubeconfig.display());
     eprintln!(
         "fake-apiserver: serving {} (token {TOKEN:?}); try:\n  \
          KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT={} \
@@ -92,8 +132,15 @@ async fn main() -> ExitCode {
         world.sa_dir().display()
     );
 
-    // Log requests as they arrive; each wait returns once the log has grown.
+    // Log requests as they arrive; each wait returns once the log has grown. Quiet: only
+    // empty the log now and then, so a long benchmark does not grow it without bound.
     let log = async {
+        if args.quiet {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                api.clear_requests();
+            }
+        }
         let mut n = 0;
         loop {
             let seen = api.wait_requests_forever(n + 1).await;
@@ -104,9 +151,34 @@ async fn main() -> ExitCode {
             n = seen.len();
         }
     };
+    let ticks = async {
+        if args.tick_ms == 0 {
+            return std::future::pending::<()>().await;
+        }
+        let mut every = tokio::time::interval(Duration::from_millis(args.tick_ms));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let micros = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros();
+            api.send_watch_event_in(TICK_NAMESPACE, "DELETED", &format!("tick-{micros}"));
+        }
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fake-apiserver: SIGTERM handler: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
         _ = log => {}
+        _ = ticks => {}
     }
     api.stop().await;
     ExitCode::SUCCESS

@@ -330,11 +330,14 @@ impl Proxy {
     async fn send(
         &self,
         req: Request<ProxyBody>,
+        replay: Option<&HeaderMap>,
     ) -> Result<Response<Incoming>, Response<ProxyBody>> {
         let result = if self.request_timeout.is_zero() {
-            self.request_replaying(req).await
+            self.request_replaying(req, replay).await
         } else {
-            match tokio::time::timeout(self.request_timeout, self.request_replaying(req)).await {
+            match tokio::time::timeout(self.request_timeout, self.request_replaying(req, replay))
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => {
                     self.metrics.upstream_error(UpstreamErrorKind::Timeout);
@@ -361,31 +364,29 @@ impl Proxy {
         }
     }
 
-    /// Sends `req`; a replayable one (no body, idempotent method) that meets a kept-alive
-    /// connection the API server had already closed is sent again, as Go's transport (and
-    /// so kubectl proxy) does: the pool can hand out such a connection in the instant
-    /// before it notices the close. Each failed attempt drops one dead connection.
+    /// Sends `req`; a replayable one (no body, idempotent method: `replay` holds its
+    /// headers) that meets a kept-alive connection the API server had already closed is
+    /// sent again, as Go's transport (and so kubectl proxy) does: the pool can hand out
+    /// such a connection in the instant before it notices the close. Each failed attempt
+    /// drops one dead connection.
     async fn request_replaying(
         &self,
         req: Request<ProxyBody>,
+        replay: Option<&HeaderMap>,
     ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
-        let replay = replayable(&req).then(|| {
-            (
-                req.method().clone(),
-                req.uri().clone(),
-                req.headers().clone(),
-            )
-        });
+        let again = replay
+            .filter(|_| idempotent(req.method()))
+            .map(|headers| (req.method().clone(), req.uri().clone(), headers));
         let mut result = self.client.request(req).await;
-        if let Some((method, uri, headers)) = replay {
+        if let Some((method, uri, headers)) = again {
             for _ in 0..STALE_CONNECTION_RETRIES {
                 match &result {
                     Err(e) if closed_connection(e) => {
                         tracing::debug!(
                             "kept-alive connection closed by the API server ({e}); sending again"
                         );
-                        let again = build(&method, &uri, headers.clone(), ProxyBody::empty());
-                        result = self.client.request(again).await;
+                        let req = build(&method, &uri, headers.clone(), ProxyBody::empty());
+                        result = self.client.request(req).await;
                     }
                     _ => break,
                 }
@@ -408,28 +409,28 @@ impl Proxy {
             Err(resp) => return resp,
         };
         let sent = self.rewrite_request_headers(&mut headers, peer, auth);
-        // A request without a body can be replayed after a 401 if a newer credential
-        // shows up; keep what is needed for that (a header-map copy, no body).
-        let replay = match &sent {
-            Some(_) if body.is_end_stream() && self.creds.can_change() => Some(headers.clone()),
-            _ => None,
-        };
+        // A request without a body can be sent again: after a 401 if a newer credential
+        // shows up, and (idempotent ones) after meeting a connection the server had
+        // closed. One header-map copy serves both; no body is ever kept.
+        let renewable = sent.is_some() && self.creds.can_change();
+        let replay = (body.is_end_stream() && (renewable || idempotent(&parts.method)))
+            .then(|| headers.clone());
         let method = parts.method;
         let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
         let sent_at = Instant::now();
-        let mut resp = match self.send(upstream_req).await {
+        let mut resp = match self.send(upstream_req, replay.as_ref()).await {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        if resp.status() == StatusCode::UNAUTHORIZED && renewable {
             if let (Some(sent), Some(mut headers)) = (sent, replay) {
                 if let Some(newer) = self.creds.refresh_after_unauthorized(&sent).await {
                     tracing::info!(
                         "API server refused the credential; retrying with the renewed one"
                     );
                     headers.insert(header::AUTHORIZATION, newer);
-                    let retry = build(&method, &target, headers, ProxyBody::empty());
-                    resp = match self.send(retry).await {
+                    let retry = build(&method, &target, headers.clone(), ProxyBody::empty());
+                    resp = match self.send(retry, Some(&headers)).await {
                         Ok(resp) => resp,
                         Err(resp) => return resp,
                     };
@@ -626,12 +627,12 @@ fn classify(
 /// How many times a replayable request is sent again after meeting a closed connection.
 const STALE_CONNECTION_RETRIES: usize = 3;
 
-/// Whether a request can be sent twice: an idempotent method and no body (Go's rule).
-fn replayable(req: &Request<ProxyBody>) -> bool {
+/// Methods that can be sent twice without harm (with no body: Go's rule).
+fn idempotent(method: &Method) -> bool {
     matches!(
-        *req.method(),
+        *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    ) && req.body().is_end_stream()
+    )
 }
 
 /// The connection was established but closed or reset before a response arrived: what a
