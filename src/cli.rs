@@ -199,6 +199,16 @@ pub struct Cli {
     #[arg(long, default_value = "20s", value_parser = parse_duration, help_heading = OURS)]
     pub shutdown_grace: Duration,
 
+    /// Refuse client connections beyond this many open ones with a 503 Status (0: no
+    /// limit). Each open watch holds one connection.
+    #[arg(long, default_value_t = 0, value_name = "N", help_heading = OURS)]
+    pub max_connections: usize,
+
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open (never applies to a running watch or tunnel).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = OURS)]
+    pub header_read_timeout: Duration,
+
     /// Serve /healthz, /readyz and /metrics on this HOST:PORT (off unless set; it never
     /// proxies). Example: --admin-address=0.0.0.0:8002.
     #[arg(long, value_name = "HOST:PORT", help_heading = OURS)]

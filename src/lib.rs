@@ -111,6 +111,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let connector = upstream::connector(&upstream, &tls, &opts);
     let client = upstream::client(connector.clone());
     let (trigger, shutdown) = shutdown::channel();
+    let open_files = listener::raise_open_files_limit();
 
     let listener = match &cli.unix_socket {
         Some(path) => listener::bind_unix(path).await?,
@@ -124,6 +125,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         ca = %upstream.ca.as_ref().map_or_else(|| "none (plain http)".to_owned(), CaSource::describe),
         token = %upstream.token.describe(),
         listen = %local,
+        open_files = ?open_files,
         "kube-ambassador {} starting",
         env!("CARGO_PKG_VERSION"),
     );
@@ -160,7 +162,15 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }
         admin::spawn(admin, proxy.clone(), shutdown.clone());
     }
-    let server = tokio::spawn(listener::serve(listener, proxy, shutdown));
+    let server = tokio::spawn(listener::serve(
+        listener,
+        proxy,
+        shutdown,
+        listener::ServeOptions {
+            header_read_timeout: cli.header_read_timeout,
+            max_connections: cli.max_connections,
+        },
+    ));
 
     // Handlers in place before the line below: a script may signal as soon as it reads it.
     let mut signals = shutdown::Signals::new();

@@ -9,12 +9,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, UnixListener, UnixStream};
 
 use crate::metrics::Open;
@@ -209,15 +210,70 @@ impl Listener {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit, as Go's runtime does for
+/// kubectl since Go 1.19: each watch holds two descriptors (client and upstream), and the
+/// common soft default of 1024 would cap a sidecar at about 500 watches. Returns the
+/// limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    Some(lim.rlim_cur)
+}
+
+/// Limits on client connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeOptions {
+    /// How long a client may take to send a request's headers, including the wait for
+    /// the next request on an idle keep-alive connection (slowloris guard; kubectl has
+    /// none). Never applies while a response — a watch — or a tunnel is running.
+    pub header_read_timeout: Duration,
+    /// Refuse connections beyond this many open ones (0: no limit).
+    pub max_connections: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: 0,
+        }
+    }
+}
+
 /// Accepts until shutdown starts, then lets each connection finish gracefully. The
 /// listener is dropped on return, which removes a unix socket's file.
-pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: Shutdown) {
+pub async fn serve(
+    listener: Listener,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+    options: ServeOptions,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(
+            (!options.header_read_timeout.is_zero()).then_some(options.header_read_timeout),
+        );
     let builder = Arc::new(builder);
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -231,16 +287,79 @@ pub async fn serve(listener: Listener, proxy: Arc<Proxy>, shutdown: Shutdown) {
             },
             () = shutdown.stopping() => break,
         };
+        if options.max_connections > 0 && open.load(Ordering::Acquire) >= options.max_connections {
+            tokio::spawn(refuse(accepted, options.max_connections));
+            continue;
+        }
         let (proxy, builder, shutdown) = (proxy.clone(), builder.clone(), shutdown.clone());
+        let counted = Counted::new(&open);
+        let accepted = (accepted, counted);
         match accepted {
-            Accepted::Tcp(stream, ip) => {
-                tokio::spawn(connection(stream, Peer::Tcp(ip), proxy, builder, shutdown))
-            }
-            Accepted::Unix(stream) => {
-                tokio::spawn(connection(stream, Peer::Unix, proxy, builder, shutdown))
-            }
+            (Accepted::Tcp(stream, ip), counted) => tokio::spawn(connection(
+                stream,
+                Peer::Tcp(ip),
+                proxy,
+                builder,
+                shutdown,
+                counted,
+            )),
+            (Accepted::Unix(stream), counted) => tokio::spawn(connection(
+                stream,
+                Peer::Unix,
+                proxy,
+                builder,
+                shutdown,
+                counted,
+            )),
         };
     }
+}
+
+/// Counts one open connection until dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::AcqRel);
+        Counted(open.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers a connection over `--max-connections` with a 503 Status and closes it; a
+/// client that does not read gets at most a second of our time.
+async fn refuse(accepted: Accepted, max: usize) {
+    let message = format!(
+        "kube-ambassador is serving its maximum of {max} connections (--max-connections); retry later"
+    );
+    tracing::warn!("{message}");
+    let body = crate::status::body(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        crate::status::Reason::ServiceUnavailable,
+        &message,
+    );
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let write = async {
+        match accepted {
+            Accepted::Tcp(mut s, _) => {
+                let _ = s.write_all(response.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+            Accepted::Unix(mut s) => {
+                let _ = s.write_all(response.as_bytes()).await;
+                let _ = s.shutdown().await;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 async fn connection<S>(
@@ -249,6 +368,7 @@ async fn connection<S>(
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     shutdown: Shutdown,
+    _counted: Counted,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -247,19 +247,10 @@ impl Proxy {
         } else {
             ""
         };
-        let mut pq =
-            Vec::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
-        push_path(&mut pq, base);
-        push_path(&mut pq, raw_path);
-        if let Some(q) = query {
-            pq.push(b'?');
-            pq.extend_from_slice(q.as_bytes());
-        }
-        let pq = PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()?;
         Uri::builder()
             .scheme(self.upstream.scheme.clone())
             .authority(self.upstream.authority.clone())
-            .path_and_query(pq)
+            .path_and_query(upstream_path_and_query(base, raw_path, query)?)
             .build()
             .ok()
     }
@@ -493,6 +484,26 @@ impl Proxy {
         tracing::warn!("{message}");
         status::response(code, reason, &message)
     }
+}
+
+/// The path and query the API server is sent: `base` (the server URL's path, or `""`),
+/// then `raw_path` (the escaped path below the API prefix) and `query`, byte for byte but
+/// for bytes no URI may hold (see [`push_path`]). `None` if that is no valid request
+/// target. Pure, so `fuzz/` checks it against the filter's decision.
+pub fn upstream_path_and_query(
+    base: &str,
+    raw_path: &str,
+    query: Option<&str>,
+) -> Option<PathAndQuery> {
+    let mut pq =
+        Vec::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
+    push_path(&mut pq, base);
+    push_path(&mut pq, raw_path);
+    if let Some(q) = query {
+        pq.push(b'?');
+        pq.extend_from_slice(q.as_bytes());
+    }
+    PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
 }
 
 /// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (controls,
