@@ -7,6 +7,15 @@
 //! accept-path and an accept-host must match. One deliberate difference: kubectl strips
 //! the brackets of an IPv6 host (`[::1]:8001` → `::1`), which its own default
 //! `^\[::1\]$` then rejects; we keep them so the default accepts `[::1]`.
+//!
+//! A second difference closes a bypass kubectl has: the path judged is percent-decoded
+//! but not cleaned, so `/%2Fapi/v1/namespaces/d/pods/x/exec` (decoded `//api/…`) or
+//! `/x/%2e%2e/api/…/exec` slip past `^/api/.*/exec` while anything that normalises the
+//! decoded path on the way (a gateway, an older Go mux, the API server's own
+//! `strings.Trim(path, "/")` when it parses the request) serves exec. So a decoded path
+//! with empty or dot segments must pass the rules both as it is and cleaned, and one
+//! whose `..` climbs above the root is refused (below `--append-server-path` it would
+//! reach another cluster's path).
 
 use regex::Regex;
 
@@ -71,6 +80,17 @@ impl Filter {
     /// Decides one request. `path` is the percent-decoded, cleaned path below the API
     /// prefix; `host` is the `Host` header (or `:authority`) as sent, port included.
     pub fn accepts(&self, method: &str, path: &str, host: &str) -> bool {
+        if !self.decide(method, path, host) {
+            return false;
+        }
+        match crate::router::resolve_segments(path) {
+            (_, true) => false,
+            (cleaned, false) => cleaned == path || self.decide(method, &cleaned, host),
+        }
+    }
+
+    /// kubectl's rule on one path.
+    fn decide(&self, method: &str, path: &str, host: &str) -> bool {
         if any(&self.reject_paths, path) || any(&self.reject_methods, method) {
             return false;
         }
@@ -160,6 +180,33 @@ mod tests {
                 "{method} {path} host={host}"
             );
         }
+    }
+
+    /// Encoded slashes and dots that a normalising upstream would resolve into exec.
+    #[test]
+    fn decoded_paths_are_judged_cleaned_too() {
+        let f = default_filter();
+        for bypass in [
+            "//api/v1/namespaces/default/pods/x/exec",
+            "/x/../api/v1/namespaces/default/pods/p/exec",
+            "/./api/v1/namespaces/default/pods/p/exec",
+            "/../api/v1/pods",
+        ] {
+            assert!(!f.accepts("GET", bypass, "localhost"), "{bypass}");
+        }
+        // A clean path, or one whose cleaned form is as acceptable, still passes.
+        assert!(f.accepts("GET", "/api/v1/namespaces/d/pods/x/proxy/a//b", "localhost"));
+        assert!(f.accepts("GET", "", "localhost"));
+        let ns = Filter::new(&FilterSpec {
+            accept_paths: "^/api/v1/namespaces/default/",
+            ..FilterSpec::default()
+        })
+        .unwrap();
+        assert!(!ns.accepts(
+            "GET",
+            "/api/v1/namespaces/default/../kube-system/secrets",
+            "localhost"
+        ));
     }
 
     #[test]

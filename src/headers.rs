@@ -25,16 +25,21 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// True if any `Connection` header lists the `upgrade` token (any case).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    list_tokens(headers, &header::CONNECTION)
+}
+
+/// The comma-separated tokens of every value of `name`, trimmed, from the raw bytes: a
+/// value with a non-ASCII byte (obs-text) still names its other tokens, as in Go.
+fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
     headers
-        .get_all(header::CONNECTION)
+        .get_all(name)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
 }
 
@@ -42,21 +47,16 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Names listed in Connection first, while Connection is still there.
     let named: Vec<HeaderName> = connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for name in named {
         headers.remove(name);
     }
-    let trailers = headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| {
-            t.split(';')
-                .next()
-                .is_some_and(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        });
+    let trailers = list_tokens(headers, &header::TE).any(|t| {
+        t.split(|&b| b == b';')
+            .next()
+            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"))
+    });
     for name in &HOP_BY_HOP {
         headers.remove(name);
     }
@@ -119,6 +119,28 @@ mod tests {
         let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
         names.sort();
         assert_eq!(names, ["accept", "authorization", "te"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    /// Found by `fuzz/` (header_rewriting): a value with a non-ASCII byte (obs-text, which
+    /// hyper accepts) still names its other tokens, as in Go's reverse proxy.
+    #[test]
+    fn tokens_are_read_from_values_with_non_ascii_bytes() {
+        let mut h = HeaderMap::new();
+        let raw = |b: &[u8]| HeaderValue::from_bytes(b).unwrap();
+        h.append(header::CONNECTION, raw(b"X-Secret-Hop, \xff"));
+        h.append("x-secret-hop", raw(b"1"));
+        h.append(header::TE, raw(b"trailers, \xfe"));
+        h.append(header::ACCEPT, raw(b"*/*"));
+        assert!(is_upgrade(&{
+            let mut u = HeaderMap::new();
+            u.append(header::CONNECTION, raw(b"Upgrade, caf\xc3\xa9"));
+            u
+        }));
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["accept", "te"]);
         assert_eq!(h["te"], "trailers");
     }
 

@@ -495,8 +495,7 @@ pub fn upstream_path_and_query(
     raw_path: &str,
     query: Option<&str>,
 ) -> Option<PathAndQuery> {
-    let mut pq =
-        Vec::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
+    let mut pq = Vec::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
     push_path(&mut pq, base);
     push_path(&mut pq, raw_path);
     if let Some(q) = query {

@@ -142,19 +142,24 @@ impl ApiPrefix {
 
 /// Go's `cleanPath`: `path.Clean` on a rooted path, keeping a trailing slash.
 pub fn clean_path(p: &str) -> Cow<'_, str> {
+    resolve_segments(p).0
+}
+
+/// [`clean_path`], and whether a `..` tried to climb above the root (which cleaning
+/// clamps away, but which a server below a base path would follow out of it).
+pub fn resolve_segments(p: &str) -> (Cow<'_, str>, bool) {
     if p.is_empty() {
-        return Cow::Borrowed("/");
+        return (Cow::Borrowed("/"), false);
     }
     if p.starts_with('/') && is_clean(p) {
-        return Cow::Borrowed(p);
+        return (Cow::Borrowed(p), false);
     }
     let mut out: Vec<&str> = Vec::new();
+    let mut climbed = false;
     for seg in p.split('/') {
         match seg {
             "" | "." => {}
-            ".." => {
-                out.pop();
-            }
+            ".." => climbed |= out.pop().is_none(),
             s => out.push(s),
         }
     }
@@ -168,7 +173,7 @@ pub fn clean_path(p: &str) -> Cow<'_, str> {
     if cleaned.is_empty() || p.ends_with('/') {
         cleaned.push('/');
     }
-    Cow::Owned(cleaned)
+    (Cow::Owned(cleaned), climbed)
 }
 
 /// True when no segment is empty (but a trailing one), `.` or `..`.

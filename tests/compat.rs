@@ -126,6 +126,14 @@ pub const DIFFERENCES: &[(&str, &str)] = &[
          guesses a type from the content, so what a browser makes of a file depends on \
          what it happens to contain.",
     ),
+    (
+        "dot-segments-judged",
+        "The filter judges a path whose decoded form has empty or dot segments (`%2F`, \
+         `%2e%2e`) both as sent and cleaned, and refuses a `..` that climbs above the root: \
+         kubectl judges only the decoded path, so `/%2Fapi/v1/namespaces/d/pods/x/exec` \
+         (decoded `//api/…`) passes its `^/api/.*/exec` rule while anything that normalises \
+         the path on the way to the API server serves exec.",
+    ),
 ];
 
 /// Where we differ from kubectl and it is *not* deliberate: neither better nor clearly a
