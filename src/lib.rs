@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod filter;
 pub mod headers;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
@@ -112,6 +113,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let client = upstream::client(connector.clone());
     let (trigger, shutdown) = shutdown::channel();
     let open_files = listener::raise_open_files_limit();
+    memory::spawn_trim();
 
     let listener = match &cli.unix_socket {
         Some(path) => listener::bind_unix(path).await?,
