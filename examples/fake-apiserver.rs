@@ -29,8 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{FakeApi, FakeApiOptions, Pki, World};
 
 const TOKEN: &str = "demo-token";
-const USAGE: &str =
-    "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--quiet]";
+const USAGE: &str = "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--quiet]";
 /// The namespace `--tick-ms` events are sent in.
 const TICK_NAMESPACE: &str = "bench-ticks";
 
@@ -166,8 +165,7 @@ async fn main() -> ExitCode {
             api.send_watch_event_in(TICK_NAMESPACE, "DELETED", &format!("tick-{micros}"));
         }
     };
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("fake-apiserver: SIGTERM handler: {e}");
