@@ -10,6 +10,8 @@
 
 mod support;
 
+use support::{assert_no_secrets, echoed_token, path_str};
+
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
@@ -23,10 +25,6 @@ const V1: &str = "client.authentication.k8s.io/v1";
 const V1BETA1: &str = "client.authentication.k8s.io/v1beta1";
 /// Far enough ahead to be cached for the whole test.
 const FAR_FUTURE: &str = "2099-01-01T00:00:00Z";
-
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
 
 /// A single-quoted shell word.
 fn sh_quote(s: &str) -> String {
@@ -149,21 +147,6 @@ async fn start(world: &World, kubeconfig: &Path, extra: &[&str]) -> Proxy {
     args.extend_from_slice(extra);
     let home = path_str(world.base());
     Proxy::start(&args, &[("HOME", &home)]).await
-}
-
-fn assert_no_secrets(proxy: &Proxy, secrets: &[&str]) {
-    let stderr = proxy.stderr();
-    for s in secrets {
-        assert!(
-            !stderr.contains(s),
-            "secret {s:?} reached the proxy's stderr:\n{stderr}"
-        );
-    }
-}
-
-fn echoed_token(resp: &Resp) -> Value {
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.json()["token"].clone()
 }
 
 /// A Status error from the proxy: checks the code and reason, returns the message.

@@ -11,6 +11,8 @@
 
 mod support;
 
+use support::{assert_no_secrets, echoed_token, path_str};
+
 use std::path::{Path, PathBuf};
 
 use support::client;
@@ -27,10 +29,6 @@ fn q(s: impl AsRef<str>) -> String {
 /// One `key: "value"` line of a cluster or user entry.
 fn field(key: &str, value: impl AsRef<str>) -> String {
     format!("    {key}: {}\n", q(value))
-}
-
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 /// A kubeconfig with one cluster, user and context, all named `main`, and `main` current.
@@ -73,22 +71,6 @@ async fn start(home: &World, args: &[&str], env: &[(&str, &str)]) -> Proxy {
 /// `--kubeconfig=PATH`.
 fn kc_arg(path: &Path) -> String {
     format!("--kubeconfig={}", path.display())
-}
-
-fn assert_no_secrets(proxy: &Proxy, secrets: &[&str]) {
-    let stderr = proxy.stderr();
-    for s in secrets {
-        assert!(
-            !stderr.contains(s),
-            "secret {s:?} reached the proxy's stderr:\n{stderr}"
-        );
-    }
-}
-
-/// The token the fake API's `/echo` saw, after checking the request got through.
-fn echoed_token(resp: &Resp) -> String {
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.json()["token"].as_str().unwrap_or("").to_owned()
 }
 
 /// All values of header `name` that the fake API's `/echo` reports.

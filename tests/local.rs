@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::{env_refs, in_cluster_env};
+
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
@@ -39,20 +41,6 @@ fn site(world: &World) -> PathBuf {
 
 fn arg(name: &str, path: &Path) -> String {
     format!("--{name}={}", path.display())
-}
-
-/// The environment of a pod pointing at `api`, with a scratch `HOME` (no kubeconfig of
-/// the developer's is found).
-fn pod_env(api: &FakeApi, world: &World) -> Vec<(String, String)> {
-    vec![
-        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
-        ("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()),
-        ("HOME".into(), world.base().display().to_string()),
-    ]
-}
-
-fn refs(v: &[(String, String)]) -> Vec<(&str, &str)> {
-    v.iter().map(|(k, x)| (k.as_str(), x.as_str())).collect()
 }
 
 fn args(v: &[String]) -> Vec<&str> {
@@ -233,10 +221,10 @@ async fn without_www_the_static_prefix_is_just_an_api_path() {
 async fn equal_www_and_api_prefixes_are_an_error_not_a_panic() {
     let (api, world) = api_and_world().await;
     let dir = site(&world);
-    let env = pod_env(&api, &world);
+    let env = in_cluster_env(&api, &world);
     let sa = arg("service-account-dir", &world.sa_dir());
     let (status, stdout, stderr) =
-        Proxy::start_expect_failure(&[&sa, &arg("www", &dir), "-P", "/"], &refs(&env)).await;
+        Proxy::start_expect_failure(&[&sa, &arg("www", &dir), "-P", "/"], &env_refs(&env)).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(
@@ -250,7 +238,7 @@ async fn equal_www_and_api_prefixes_are_an_error_not_a_panic() {
             "--www-prefix=/x",
             "--api-prefix=/x/",
         ],
-        &refs(&env),
+        &env_refs(&env),
     )
     .await;
     assert_eq!(status.code(), Some(1));
@@ -265,8 +253,8 @@ async fn on_socket(api: &FakeApi, world: &World, extra: &[&str]) -> (Proxy, Path
         arg("unix-socket", &path),
     ];
     all.extend(extra.iter().map(|s| s.to_string()));
-    let env = pod_env(api, world);
-    let proxy = Proxy::start(&args(&all), &refs(&env)).await;
+    let env = in_cluster_env(api, world);
+    let proxy = Proxy::start(&args(&all), &env_refs(&env)).await;
     (proxy, path)
 }
 
@@ -332,10 +320,10 @@ async fn a_stale_socket_is_replaced_anything_else_is_refused() {
     );
 
     // A live socket is not stolen.
-    let env = pod_env(&api, &world);
+    let env = in_cluster_env(&api, &world);
     let sa = arg("service-account-dir", &world.sa_dir());
     let sock = arg("unix-socket", &path);
-    let (status, _, stderr) = Proxy::start_expect_failure(&[&sa, &sock], &refs(&env)).await;
+    let (status, _, stderr) = Proxy::start_expect_failure(&[&sa, &sock], &env_refs(&env)).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -354,7 +342,7 @@ async fn a_stale_socket_is_replaced_anything_else_is_refused() {
     // Not a socket: never touched.
     let file = world.file("not-a-socket", "data\n");
     let (status, stdout, stderr) =
-        Proxy::start_expect_failure(&[&sa, &arg("unix-socket", &file)], &refs(&env)).await;
+        Proxy::start_expect_failure(&[&sa, &arg("unix-socket", &file)], &env_refs(&env)).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     assert!(
@@ -370,11 +358,11 @@ async fn a_stale_socket_is_replaced_anything_else_is_refused() {
 #[tokio::test]
 async fn unix_socket_and_a_port_together_are_kubectls_error() {
     let (api, world) = api_and_world().await;
-    let env = pod_env(&api, &world);
+    let env = in_cluster_env(&api, &world);
     let sa = arg("service-account-dir", &world.sa_dir());
     let sock = arg("unix-socket", &world.base().join("s.sock"));
     let (status, _, stderr) =
-        Proxy::start_expect_failure(&[&sa, &sock, "--port=9000"], &refs(&env)).await;
+        Proxy::start_expect_failure(&[&sa, &sock, "--port=9000"], &env_refs(&env)).await;
     assert_eq!(status.code(), Some(1));
     assert!(
         stderr.contains("error: cannot set --unix-socket and --port at the same time"),
@@ -384,7 +372,7 @@ async fn unix_socket_and_a_port_together_are_kubectls_error() {
     // kubectl compares with its default: an explicit --port=8001 is allowed.
     let path = world.base().join("p.sock");
     let all = [sa.clone(), arg("unix-socket", &path), "--port=8001".into()];
-    let proxy = Proxy::start(&args(&all), &refs(&env)).await;
+    let proxy = Proxy::start(&args(&all), &env_refs(&env)).await;
     assert_eq!(proxy.addr, ProxyAddr::Unix(path));
 }
 

@@ -8,15 +8,13 @@
 
 mod support;
 
+use support::path_str;
+
 use std::path::{Path, PathBuf};
 
 use support::client;
 use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, Resp, World, within};
-
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
 fn q(s: impl AsRef<str>) -> String {

@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::{env_refs, in_cluster_env};
+
 use std::process::ExitStatus;
 
 use support::client;
@@ -19,20 +21,6 @@ async fn api_and_world() -> (FakeApi, World) {
     let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     (api, world)
-}
-
-/// The in-cluster environment for `api`, with a scratch `HOME` so no kubeconfig of the
-/// developer's can be found.
-fn in_cluster_env(api: &FakeApi, world: &World) -> Vec<(String, String)> {
-    vec![
-        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
-        ("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()),
-        ("HOME".into(), world.base().display().to_string()),
-    ]
-}
-
-fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
 fn sa_arg(world: &World) -> String {

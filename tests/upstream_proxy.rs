@@ -8,6 +8,8 @@
 
 mod support;
 
+use support::{assert_no_secrets, path_str};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -254,10 +256,6 @@ async fn splice(
 
 // ---------------------------------------------------------------------------------------
 
-fn path_str(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
-}
-
 /// A kubeconfig (JSON is YAML) for `server` through `proxy_url`, trusting `ca`.
 fn kubeconfig(world: &World, server: &str, ca: &Path, proxy_url: &str) -> PathBuf {
     world.kubeconfig_yaml(
@@ -289,16 +287,6 @@ async fn start(world: &World, kubeconfig: &Path) -> Proxy {
     let kc = format!("--kubeconfig={}", kubeconfig.display());
     let home = path_str(world.base());
     Proxy::start(&[&kc, "--port=0"], &[("HOME", &home)]).await
-}
-
-fn assert_no_secrets(proxy: &Proxy, secrets: &[&str]) {
-    let stderr = proxy.stderr();
-    for s in secrets {
-        assert!(
-            !stderr.contains(s),
-            "secret {s:?} reached the proxy's stderr:\n{stderr}"
-        );
-    }
 }
 
 /// Requests through the proxy reach the API server with the token, which the proxy in

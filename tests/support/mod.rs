@@ -58,3 +58,41 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
         Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
     }
 }
+
+/// A path as a `String`, for building flags and environment values.
+pub fn path_str(p: &std::path::Path) -> String {
+    p.to_string_lossy().into_owned()
+}
+
+/// Fails the test if any of `secrets` reached the proxy's stderr.
+#[cfg(test)]
+pub fn assert_no_secrets(proxy: &Proxy, secrets: &[&str]) {
+    let stderr = proxy.stderr();
+    for s in secrets {
+        assert!(
+            !stderr.contains(s),
+            "secret {s:?} reached the proxy's stderr:\n{stderr}"
+        );
+    }
+}
+
+/// The token the fake API's `/echo` saw, after checking the request got through.
+pub fn echoed_token(resp: &Resp) -> String {
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    resp.json()["token"].as_str().unwrap_or("").to_owned()
+}
+
+/// The in-cluster environment for `api`, with a scratch `HOME` (in `world`) so no
+/// kubeconfig of the developer's can be found.
+pub fn in_cluster_env(api: &FakeApi, world: &World) -> Vec<(String, String)> {
+    vec![
+        ("KUBERNETES_SERVICE_HOST".into(), "127.0.0.1".into()),
+        ("KUBERNETES_SERVICE_PORT".into(), api.port().to_string()),
+        ("HOME".into(), world.base().display().to_string()),
+    ]
+}
+
+/// Borrows an owned environment list the way [`Proxy::start`] takes it.
+pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
