@@ -190,6 +190,22 @@ pub struct Cli {
     #[arg(long, default_value = "10s", value_parser = parse_duration, help_heading = OURS)]
     pub connect_timeout: Duration,
 
+    /// Offer HTTP/2 to the API server (ALPN `h2, http/1.1`). Where it accepts, requests
+    /// are multiplexed over a few connections, a new one opened whenever the others are
+    /// at the server's concurrent-stream limit (no request ever waits behind it);
+    /// upgrades keep a fresh HTTP/1.1 connection each. A server that declines gets
+    /// HTTP/1.1 as without the flag.
+    #[arg(
+        long,
+        env = "KUBE_AMBASSADOR_UPSTREAM_HTTP2",
+        default_value_t = false,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        help_heading = OURS
+    )]
+    pub upstream_http2: bool,
+
     /// After SIGTERM, keep serving this long before stopping (the app container gets its
     /// SIGTERM at the same moment and may still call the API). SIGINT skips it.
     #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = OURS)]

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod filter;
+pub mod h2pool;
 pub mod headers;
 pub mod listener;
 pub mod memory;
@@ -111,6 +112,24 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     };
     let connector = upstream::connector(&upstream, &tls, &opts);
     let client = upstream::client(connector.clone());
+    // HTTP/2 needs TLS (ALPN): a plain `http://` upstream stays on HTTP/1.1.
+    let h2 = (cli.upstream_http2 && upstream.scheme == http::uri::Scheme::HTTPS)
+        .then(|| {
+            http::Uri::builder()
+                .scheme(upstream.scheme.clone())
+                .authority(upstream.authority.clone())
+                .path_and_query("/")
+                .build()
+                .ok()
+        })
+        .flatten()
+        .map(|origin| {
+            h2pool::H2Pool::new(
+                upstream::connector_h2(&upstream, &tls, &opts),
+                origin,
+                cli.connect_timeout,
+            )
+        });
     let (trigger, shutdown) = shutdown::channel();
     let open_files = listener::raise_open_files_limit();
     memory::spawn_trim();
@@ -147,6 +166,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let proxy = Arc::new(Proxy::new(proxy::Parts {
         upstream,
         client,
+        h2,
         connector,
         creds,
         filter,

@@ -17,6 +17,7 @@ use crate::body::{AccessLog, ProxyBody, Tracked};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::filter::Filter;
+use crate::h2pool::{H2Error, H2Pool, Sent};
 use crate::headers;
 use crate::metrics::{Metrics, Open, UpstreamErrorKind};
 use crate::router::{ApiPrefix, Route};
@@ -30,6 +31,8 @@ use crate::www::Www;
 pub struct Proxy {
     pub(crate) upstream: Upstream,
     pub(crate) client: UpstreamClient,
+    /// `--upstream-http2`: tried first; the HTTP/1.1 client if the server declines.
+    pub(crate) h2: Option<H2Pool>,
     pub(crate) connector: Connector,
     pub(crate) creds: Arc<Credentials>,
     pub(crate) filter: Option<Filter>,
@@ -70,6 +73,7 @@ struct UpstreamTime(Duration);
 pub struct Parts {
     pub upstream: Upstream,
     pub client: UpstreamClient,
+    pub h2: Option<H2Pool>,
     pub connector: Connector,
     pub creds: Arc<Credentials>,
     pub filter: Option<Filter>,
@@ -99,6 +103,7 @@ impl Proxy {
         Proxy {
             upstream: p.upstream,
             client: p.client,
+            h2: p.h2,
             connector: p.connector,
             creds: p.creds,
             filter: p.filter,
@@ -364,11 +369,11 @@ impl Proxy {
         &self,
         req: Request<ProxyBody>,
         replay: Option<&HeaderMap>,
-    ) -> Result<Response<Incoming>, hyper_util::client::legacy::Error> {
+    ) -> Result<Response<Incoming>, SendError> {
         let again = replay
             .filter(|_| idempotent(req.method()))
             .map(|headers| (req.method().clone(), req.uri().clone(), headers));
-        let mut result = self.client.request(req).await;
+        let mut result = self.dispatch(req).await;
         if let Some((method, uri, headers)) = again {
             for _ in 0..STALE_CONNECTION_RETRIES {
                 match &result {
@@ -377,13 +382,25 @@ impl Proxy {
                             "kept-alive connection closed by the API server ({e}); sending again"
                         );
                         let req = build(&method, &uri, headers.clone(), ProxyBody::empty());
-                        result = self.client.request(req).await;
+                        result = self.dispatch(req).await;
                     }
                     _ => break,
                 }
             }
         }
         result
+    }
+
+    /// One attempt: over HTTP/2 when enabled and the server speaks it, else HTTP/1.1.
+    async fn dispatch(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
+        let req = match &self.h2 {
+            Some(pool) => match pool.send(req).await? {
+                Sent::Response(resp) => return Ok(resp),
+                Sent::Http1(req) => req,
+            },
+            None => req,
+        };
+        Ok(self.client.request(req).await?)
     }
 
     async fn forward(
@@ -645,21 +662,40 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
+/// A failed attempt to get response headers from the API server.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Http1(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Http2(#[from] H2Error),
+}
+
 /// The connection was established but closed or reset before a response arrived: what a
-/// kept-alive connection the server has just closed looks like.
-fn closed_connection(err: &hyper_util::client::legacy::Error) -> bool {
+/// kept-alive connection the server has just closed looks like. Over HTTP/2, a stream
+/// the server refused unprocessed (GOAWAY, REFUSED_STREAM) too.
+fn closed_connection(err: &SendError) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    !err.is_connect()
-        && chain(err).iter().any(|e| {
-            e.downcast_ref::<hyper::Error>()
-                .is_some_and(hyper::Error::is_incomplete_message)
-                || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                    matches!(
-                        io.kind(),
-                        ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
-                    )
-                })
-        })
+    let err: &(dyn std::error::Error + 'static) = match err {
+        SendError::Http1(e) if e.is_connect() => return false,
+        SendError::Http1(e) => e,
+        SendError::Http2(e @ H2Error::Request(_)) => e,
+        SendError::Http2(_) => return false,
+    };
+    chain(err).iter().any(|e| {
+        e.downcast_ref::<h2::Error>()
+            .is_some_and(|h2| h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+            || {
+                e.downcast_ref::<hyper::Error>()
+                    .is_some_and(hyper::Error::is_incomplete_message)
+                    || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+                        )
+                    })
+            }
+    })
 }
 
 /// An error and its sources; an `io::Error`'s wrapped error is visited too (its own

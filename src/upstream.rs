@@ -2,9 +2,10 @@
 //!
 //! hyper-util's pooled client over hyper-rustls over a plain TCP connector. The URI we
 //! hand it is always built from the fixed upstream origin (see `proxy`), so nothing a
-//! caller sends can make it dial anywhere else. HTTP/1.1 only for now: every request
-//! gets its own connection from the pool, so a watch never waits behind a server's
-//! concurrent-stream limit.
+//! caller sends can make it dial anywhere else. This client speaks HTTP/1.1 only: every
+//! request gets its own connection from the pool, so a watch never waits behind a
+//! server's concurrent-stream limit. With `--upstream-http2`, requests go to `h2pool`
+//! first, and come here only if the server declines HTTP/2.
 
 use std::time::Duration;
 
@@ -162,6 +163,16 @@ pub struct ConnectOptions {
 /// The connector, shared by the pooled client and by upgrades (which need a fresh one).
 /// For a plain `http://` upstream the TLS settings are present but never used.
 pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
+    build_connector(upstream, tls, opts, false)
+}
+
+/// The same connector offering `h2, http/1.1` in ALPN, for the HTTP/2 pool
+/// (`--upstream-http2`, see `h2pool`).
+pub fn connector_h2(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
+    build_connector(upstream, tls, opts, true)
+}
+
+fn build_connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions, h2: bool) -> Connector {
     let mut tcp = HttpConnector::new();
     tcp.enforce_http(false);
     tcp.set_nodelay(true);
@@ -175,10 +186,15 @@ pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Conne
     } else {
         builder.https_or_http()
     };
-    let inner = builder
+    let builder = builder
         .with_server_name_resolver(FixedServerNameResolver::new(upstream.server_name.clone()))
-        .enable_http1()
-        .wrap_connector(Dial::new(tcp, upstream.proxy_url.as_ref()));
+        .enable_http1();
+    let dial = Dial::new(tcp, upstream.proxy_url.as_ref());
+    let inner = if h2 {
+        builder.enable_http2().wrap_connector(dial)
+    } else {
+        builder.wrap_connector(dial)
+    };
     Connector {
         inner,
         timeout: opts.connect_timeout,

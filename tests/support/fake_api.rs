@@ -69,6 +69,8 @@ pub struct FakeApiOptions {
     pub require_client_cert: bool,
     /// 0 picks a free port.
     pub port: u16,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS to advertise; `None` keeps hyper's default.
+    pub max_concurrent_streams: Option<u32>,
 }
 
 impl Default for FakeApiOptions {
@@ -79,6 +81,7 @@ impl Default for FakeApiOptions {
             pods: 3,
             require_client_cert: false,
             port: 0,
+            max_concurrent_streams: None,
         }
     }
 }
@@ -104,6 +107,10 @@ impl FakeApiOptions {
     }
     pub fn port(mut self, port: u16) -> Self {
         self.port = port;
+        self
+    }
+    pub fn max_concurrent_streams(mut self, n: u32) -> Self {
+        self.max_concurrent_streams = Some(n);
         self
     }
 }
@@ -234,6 +241,9 @@ fn set_rv(pod: &mut Value, rv: u64) {
 struct State {
     port: AtomicU16,
     require_client_cert: bool,
+    max_concurrent_streams: Option<u32>,
+    /// Connections that negotiated HTTP/2, ever.
+    h2_connections: std::sync::atomic::AtomicUsize,
     tokens: RwLock<HashSet<String>>,
     pki: RwLock<Pki>,
     tls: RwLock<Arc<ServerConfig>>,
@@ -323,6 +333,8 @@ impl FakeApi {
         let state = Arc::new(State {
             port: AtomicU16::new(opts.port),
             require_client_cert: opts.require_client_cert,
+            max_concurrent_streams: opts.max_concurrent_streams,
+            h2_connections: std::sync::atomic::AtomicUsize::new(0),
             tokens: RwLock::new(opts.tokens.into_iter().collect()),
             tls: RwLock::new(tls_config(&opts.pki, opts.require_client_cert)),
             pki: RwLock::new(opts.pki),
@@ -483,6 +495,11 @@ impl FakeApi {
 
     pub async fn wait_open_watches(&self, n: usize) {
         gauge_wait(&self.state.watches, "open watches", n).await
+    }
+
+    /// Connections that negotiated HTTP/2 in ALPN since start (closed ones included).
+    pub fn h2_connections_total(&self) -> usize {
+        self.state.h2_connections.load(Ordering::Relaxed)
     }
 
     /// Client connections currently open (an upgraded connection counts until its echo ends).
@@ -660,8 +677,15 @@ async fn serve_connection(
             _guard: guard,
         });
         let svc_state = state.clone();
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            state.h2_connections.fetch_add(1, Ordering::Relaxed);
+        }
         let svc = service_fn(move |req| handle(svc_state.clone(), conn.clone(), req));
-        let _ = auto::Builder::new(TokioExecutor::new())
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        if let Some(n) = state.max_concurrent_streams {
+            builder.http2().max_concurrent_streams(n);
+        }
+        let _ = builder
             .serve_connection_with_upgrades(TokioIo::new(tls), svc)
             .await;
     };
