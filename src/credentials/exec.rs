@@ -15,8 +15,9 @@ use tokio::io::AsyncReadExt as _;
 
 use super::Secret;
 
-/// A resolved `exec` section of a kubeconfig user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A resolved `exec` section of a kubeconfig user. Its `Debug` leaves out the values of
+/// the plugin's environment, which often hold secrets (cloud credentials).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ExecSpec {
     pub command: String,
     pub args: Vec<String>,
@@ -26,6 +27,20 @@ pub struct ExecSpec {
     /// The `spec.cluster` object when the plugin asked for it (`provideClusterInfo`).
     pub cluster: Option<serde_json::Value>,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for ExecSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("ExecSpec")
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("env_names", &env)
+            .field("api_version", &self.api_version)
+            .field("provide_cluster_info", &self.cluster.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a successful run returned.
@@ -273,6 +288,17 @@ mod tests {
             cluster: None,
             timeout: Duration::from_secs(5),
         }
+    }
+
+    #[test]
+    fn debug_leaves_out_env_values() {
+        let mut s = spec();
+        s.env = vec![("AWS_SECRET_ACCESS_KEY".into(), "s3cr3t".into())];
+        let dbg = format!("{s:?}");
+        assert!(
+            dbg.contains("AWS_SECRET_ACCESS_KEY") && !dbg.contains("s3cr3t"),
+            "{dbg}"
+        );
     }
 
     #[test]
