@@ -189,7 +189,7 @@ fn build_connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions, h2: bo
     let builder = builder
         .with_server_name_resolver(FixedServerNameResolver::new(upstream.server_name.clone()))
         .enable_http1();
-    let dial = Dial::new(tcp, upstream.proxy_url.as_ref());
+    let dial = Dial::new(tcp, upstream.proxy_url.as_ref().map(|p| &p.0));
     let inner = if h2 {
         builder.enable_http2().wrap_connector(dial)
     } else {

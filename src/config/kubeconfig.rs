@@ -60,7 +60,8 @@ pub struct Cluster {
     #[serde(default)]
     pub insecure_skip_tls_verify: bool,
     pub tls_server_name: Option<String>,
-    pub proxy_url: Option<String>,
+    /// May hold the proxy's user and password.
+    pub proxy_url: Option<Secret>,
     #[serde(default)]
     pub disable_compression: bool,
     /// `extensions[name=client.authentication.k8s.io/exec].extension`, handed to exec
@@ -494,11 +495,14 @@ contexts:
     #[test]
     fn secrets_in_a_kubeconfig_never_print() {
         let cfg: Kubeconfig = serde_saphyr::from_str(
-            "users: [{name: u, user: {token: s3cr3t, password: hunter2, client-key-data: a2V5}}]",
+            "users: [{name: u, user: {token: s3cr3t, password: hunter2, client-key-data: a2V5}}]\n\
+             clusters: [{name: c, cluster: {proxy-url: 'http://u:pr0xypw@proxy:3128'}}]",
         )
         .unwrap();
         let dbg = format!("{cfg:?}");
-        assert!(!dbg.contains("s3cr3t") && !dbg.contains("hunter2") && !dbg.contains("a2V5"));
+        for secret in ["s3cr3t", "hunter2", "a2V5", "pr0xypw"] {
+            assert!(!dbg.contains(secret), "{secret} in {dbg}");
+        }
     }
 
     fn tempfile_dir() -> PathBuf {

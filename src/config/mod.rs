@@ -14,7 +14,7 @@ use http::uri::{Authority, Scheme};
 use rustls_pki_types::ServerName;
 
 use crate::cli::Cli;
-use crate::credentials::{ExecSpec, TokenSource};
+use crate::credentials::{ExecSpec, Secret, TokenSource};
 use crate::tls::{CaSource, ClientCertSource};
 
 pub use in_cluster::{DEFAULT_SERVICE_ACCOUNT_DIR, Environment};
@@ -35,11 +35,22 @@ pub struct Upstream {
     pub client_cert: Option<ClientCertSource>,
     pub impersonate: Impersonation,
     /// kubeconfig `proxy-url`: reach the API server through this proxy.
-    pub proxy_url: Option<http::Uri>,
+    pub proxy_url: Option<ProxyUrl>,
     /// Ask the API server for uncompressed responses.
     pub disable_compression: bool,
     /// Where this came from, for the start-up log line.
     pub source: String,
+}
+
+/// The kubeconfig's `proxy-url`. Its `Debug` hides a password in the URL (the proxy's
+/// credentials are as secret as the API server's).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ProxyUrl(pub http::Uri);
+
+impl std::fmt::Debug for ProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProxyUrl({})", redacted(&self.0.to_string()))
+    }
 }
 
 /// `--as`, `--as-group`, `--as-uid` (or the kubeconfig's `as`, `as-groups`, `as-uid`).
@@ -313,7 +324,7 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
             .or_else(|| user.impersonate_uid.clone()),
     };
     let proxy_url = match &cluster.proxy_url {
-        Some(p) if !p.is_empty() => Some(parse_proxy_url(p)?),
+        Some(p) if !p.expose().is_empty() => Some(ProxyUrl(parse_proxy_url(p.expose())?)),
         _ => None,
     };
     finish(
@@ -347,7 +358,7 @@ struct Pieces {
     client_cert: Option<ClientCertSource>,
     token: TokenSource,
     impersonate: Impersonation,
-    proxy_url: Option<http::Uri>,
+    proxy_url: Option<ProxyUrl>,
     disable_compression: bool,
     description: String,
     missing_ca_hint: String,
@@ -508,8 +519,8 @@ fn exec_spec(
         if let Some(ca) = ca {
             obj["certificate-authority-data"] = crate::base64::encode(&ca).into();
         }
-        if let Some(proxy) = &c.proxy_url {
-            obj["proxy-url"] = proxy.clone().into();
+        if let Some(proxy) = c.proxy_url.as_ref().map(Secret::expose) {
+            obj["proxy-url"] = proxy.into();
         }
         if c.disable_compression {
             obj["disable-compression"] = true.into();
@@ -706,6 +717,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/sa/token"), "{err}");
+    }
+
+    #[test]
+    fn a_proxy_url_password_never_prints() {
+        let p = ProxyUrl("http://user:pr0xypw@proxy.example:3128".parse().unwrap());
+        let dbg = format!("{p:?}");
+        assert!(
+            !dbg.contains("pr0xypw") && dbg.contains("proxy.example"),
+            "{dbg}"
+        );
     }
 
     #[test]
