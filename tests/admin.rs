@@ -6,6 +6,8 @@
 
 mod support;
 
+use support::fake_jwt;
+
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -15,7 +17,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use support::client::{self, AbortOnDrop};
-use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -114,24 +115,6 @@ async fn wait_metric(admin: &str, series: &str, pred: impl Fn(f64) -> bool) -> f
     })
     .await;
     found.unwrap_or_else(|_| panic!("{series} never matched; last value {last:?}"))
-}
-
-/// `header.payload.signature` with base64url parts, as a projected service-account token.
-fn jwt(iat: i64, exp: i64) -> String {
-    let b64url = |s: &str| {
-        base64(s.as_bytes())
-            .trim_end_matches('=')
-            .replace('+', "-")
-            .replace('/', "_")
-    };
-    format!(
-        "{}.{}.{}",
-        b64url(r#"{"alg":"RS256","kid":"test"}"#),
-        b64url(&format!(
-            r#"{{"aud":["https://kubernetes.default.svc"],"exp":{exp},"iat":{iat},"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:default:app"}}"#
-        )),
-        b64url("not-a-real-signature")
-    )
 }
 
 fn unix_now() -> i64 {
@@ -384,14 +367,14 @@ async fn the_ca_reloads_counter_moves_when_the_ca_is_rotated() {
 #[tokio::test]
 async fn the_token_expiry_gauge_is_the_exp_claim_of_a_jwt_token_and_follows_a_rotation() {
     let now = unix_now();
-    let first = jwt(now - 60, now + 3600);
+    let first = fake_jwt(now - 60, now + 3600);
     let (api, world, proxy, admin) = setup_with(&first, &[]).await;
     assert_eq!(
         Scrape::get(&admin).await.value(EXPIRY),
         Some((now + 3600) as f64)
     );
 
-    let second = jwt(now, now + 7200);
+    let second = fake_jwt(now, now + 7200);
     api.set_tokens(&[&first, &second]);
     world.rotate(Some(&second), None);
     proxy.wait_stderr("token changed on disk").await;

@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::client::RawResp as Raw;
+
 use support::client;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World};
 
@@ -21,51 +23,12 @@ async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
     (api, world, proxy)
 }
 
-/// One response read by `client::raw`, taken apart (bodies here are small and textual).
-#[derive(Debug)]
-struct Raw {
-    status_line: String,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Raw {
-    fn status(&self) -> u16 {
-        self.status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line in {self:?}"))
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
 /// Sends `METHOD target` with `Host: host` (and an empty body) on a fresh connection.
 async fn request(proxy: &Proxy, method: &str, target: &str, host: &str) -> Raw {
     let req = format!(
         "{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    let text = client::raw(proxy.socket_addr(), req.as_bytes()).await;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("{method} {target}: no response head in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default().to_owned();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Raw {
-        status_line,
-        headers,
-        body: body.to_owned(),
-    }
+    Raw::parse(&client::raw(proxy.socket_addr(), req.as_bytes()).await)
 }
 
 /// kubectl's refusal, exactly.
@@ -97,7 +60,7 @@ async fn check_table(api: &FakeApi, proxy: &Proxy, cases: &[(&str, String, &str,
         let resp = request(proxy, method, target, host).await;
         let seen = api.requests();
         if *accepted {
-            assert_ne!(resp.status(), 403, "{what} was refused");
+            assert_ne!(resp.status, 403, "{what} was refused");
             assert_eq!(seen.len(), 1, "{what}: {seen:?}");
             assert_eq!(seen[0].method, *method, "{what}");
             assert_eq!(seen[0].uri, *target, "{what}");
@@ -219,7 +182,7 @@ async fn unclean_paths_are_redirected_to_the_clean_path_with_query_and_escapes_k
     }
     // Other methods get the bare redirect, as from Go's http.Redirect.
     let resp = request(&proxy, "POST", "/api//v1/pods", "localhost").await;
-    assert_eq!(resp.status(), 301);
+    assert_eq!(resp.status, 301);
     assert_eq!(resp.header("location"), Some("/api/v1/pods"));
     assert_eq!(resp.body, "");
     assert!(api.requests().is_empty(), "{:?}", api.requests());
@@ -239,7 +202,7 @@ async fn a_malformed_percent_escape_in_the_path_is_a_400() {
     let (api, _world, proxy) = setup(&[]).await;
     for target in [format!("{P}/na%zzme"), format!("{P}/x%2")] {
         let resp = request(&proxy, "GET", &target, "localhost").await;
-        assert_eq!(resp.status(), 400, "{target}: {resp:?}");
+        assert_eq!(resp.status, 400, "{target}: {resp:?}");
     }
     assert!(api.requests().is_empty(), "{:?}", api.requests());
 }
@@ -298,7 +261,7 @@ async fn the_api_prefix_is_stripped_before_the_filter_and_anything_outside_it_is
     // A prefix starting with `/api` is not stripped.
     let (api, _world, proxy) = setup(&["--api-prefix=/api"]).await;
     let resp = request(&proxy, "GET", "/api/v1/pods/", "localhost").await;
-    assert_ne!(resp.status(), 403, "{resp:?}");
+    assert_ne!(resp.status, 403, "{resp:?}");
     assert_eq!(api.requests()[0].uri, "/api/v1/pods/");
     let resp = request(&proxy, "GET", "/metrics", "localhost").await;
     assert_eq!(resp.body, "404 page not found\n");

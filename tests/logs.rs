@@ -6,9 +6,10 @@
 
 mod support;
 
+use support::fake_jwt;
+
 use serde_json::Value;
 use support::client;
-use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -240,24 +241,6 @@ async fn without_access_log_requests_are_not_logged() {
     assert_eq!(access, 0, "{stderr}");
 }
 
-/// `header.payload.signature` with base64url parts, as a projected service-account token.
-fn jwt(iat: i64, exp: i64) -> String {
-    let b64url = |s: &str| {
-        base64(s.as_bytes())
-            .trim_end_matches('=')
-            .replace('+', "-")
-            .replace('/', "_")
-    };
-    format!(
-        "{}.{}.{}",
-        b64url(r#"{"alg":"RS256","kid":"test"}"#),
-        b64url(&format!(
-            r#"{{"exp":{exp},"iat":{iat},"sub":"system:serviceaccount:default:app"}}"#
-        )),
-        b64url("not-a-real-signature")
-    )
-}
-
 #[tokio::test]
 async fn a_token_past_90_percent_of_its_lifetime_gets_a_warning_that_it_was_not_rotated() {
     let now = std::time::SystemTime::now()
@@ -265,7 +248,7 @@ async fn a_token_past_90_percent_of_its_lifetime_gets_a_warning_that_it_was_not_
         .unwrap()
         .as_secs() as i64;
     // An hour-long token with 100 s left: 97% of its life is over.
-    let token = jwt(now - 3500, now + 100);
+    let token = fake_jwt(now - 3500, now + 100);
     let (_api, _world, proxy) =
         setup(&token, &["--shutdown-delay=0s", "--log-format=json"], &[]).await;
     // Stopped at once: the check is made as the proxy starts, not only at the first

@@ -349,7 +349,12 @@ pub async fn run(addr: &Addr, api: &FakeApi, tag: &str, req: &Req) -> Outcome {
             refused,
         };
     }
-    let (status, headers, body) = parse(&text);
+    let client::RawResp {
+        status,
+        headers,
+        body,
+        ..
+    } = client::RawResp::parse(&text);
     Outcome {
         status,
         headers,
@@ -458,52 +463,4 @@ fn body_complete(head: &str, body: &[u8]) -> bool {
         return body.ends_with(b"0\r\n\r\n");
     }
     false
-}
-
-/// Status, headers and (de-chunked) body of a raw HTTP/1.1 response.
-fn parse(mut text: &str) -> (u16, Vec<(String, String)>, String) {
-    // Interim responses (`100 Continue`) first.
-    while text.starts_with("HTTP/1.1 1") && !text.starts_with("HTTP/1.1 101") {
-        match text.split_once("\r\n\r\n") {
-            Some((_, rest)) => text = rest,
-            None => break,
-        }
-    }
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        panic!("no response head in {text:?}");
-    };
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {text:?}"));
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
-    (status, headers, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
-    }
-    out
 }

@@ -96,3 +96,22 @@ pub fn in_cluster_env(api: &FakeApi, world: &World) -> Vec<(String, String)> {
 pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
     env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
+
+/// A JWT-shaped token (`header.payload.signature`, base64url) with these `iat` and `exp`,
+/// as a projected service-account token looks; the signature is not real.
+pub fn fake_jwt(iat: i64, exp: i64) -> String {
+    let b64url = |s: &str| {
+        fake_api::base64(s.as_bytes())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    format!(
+        "{}.{}.{}",
+        b64url(r#"{"alg":"RS256","kid":"test"}"#),
+        b64url(&format!(
+            r#"{{"aud":["https://kubernetes.default.svc"],"exp":{exp},"iat":{iat},"iss":"https://kubernetes.default.svc","sub":"system:serviceaccount:default:app"}}"#
+        )),
+        b64url("not-a-real-signature")
+    )
+}
