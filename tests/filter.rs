@@ -10,17 +10,13 @@ mod support;
 use support::client::RawResp as Raw;
 
 use support::client;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World};
+use support::{FakeApi, Proxy, World};
 
 const TOKEN: &str = "filter-sa-token-0b3f";
 const P: &str = "/api/v1/namespaces/default/pods";
 
 async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
-    let pki = Pki::new();
-    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
-    (api, world, proxy)
+    support::in_cluster_setup(TOKEN, extra_args).await
 }
 
 /// Sends `METHOD target` with `Host: host` (and an empty body) on a fresh connection.

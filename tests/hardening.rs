@@ -5,7 +5,7 @@
 mod support;
 
 use support::client;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
+use support::{FakeApi, Proxy, World, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -13,11 +13,7 @@ const TOKEN: &str = "hardening-token";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
 async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
-    let pki = Pki::new();
-    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
-    (api, world, proxy)
+    support::in_cluster_setup(TOKEN, extra_args).await
 }
 
 /// Reads until the peer closes; returns what arrived.

@@ -8,17 +8,13 @@ mod support;
 use std::os::unix::process::ExitStatusExt as _;
 
 use support::client;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
+use support::{FakeApi, Proxy, World, within};
 
 const TOKEN: &str = "shutdown-sa-token";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
 async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
-    let pki = Pki::new();
-    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
-    (api, world, proxy)
+    support::in_cluster_setup(TOKEN, extra_args).await
 }
 
 /// The exit status as a readable string (code or signal), for assertion messages.

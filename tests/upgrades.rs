@@ -8,7 +8,7 @@ mod support;
 use http::StatusCode;
 use support::client::{self, Upgrade};
 use support::fake_api::status_json;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, sha256_hex, within};
+use support::{FakeApi, Proxy, World, sha256_hex, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const TOKEN: &str = "upgrade-sa-token";
@@ -22,11 +22,7 @@ const WS_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 
 async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
-    let pki = Pki::new();
-    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
-    (api, world, proxy)
+    support::in_cluster_setup(TOKEN, extra_args).await
 }
 
 fn websocket_headers() -> [(&'static str, &'static str); 5] {

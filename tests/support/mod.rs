@@ -115,3 +115,14 @@ pub fn fake_jwt(iat: i64, exp: i64) -> String {
         b64url("not-a-real-signature")
     )
 }
+
+/// The usual start: a fake API server accepting `token`, a kubelet-style service account
+/// holding it, and the proxy in cluster mode with `extra_args`.
+#[cfg(test)]
+pub async fn in_cluster_setup(token: &str, extra_args: &[&str]) -> (FakeApi, World, Proxy) {
+    let pki = Pki::new();
+    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[token])).await;
+    let world = World::with_sa(token, &pki.ca_pem(), "default");
+    let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
+    (api, world, proxy)
+}
