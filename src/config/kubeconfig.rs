@@ -118,10 +118,20 @@ pub struct ExecConfig {
     pub interactive_mode: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// One `env` entry of an exec plugin; its `Debug` leaves out the value, which often
+/// holds a secret (cloud credentials).
+#[derive(Clone, Deserialize)]
 pub struct ExecEnv {
     pub name: String,
     pub value: String,
+}
+
+impl std::fmt::Debug for ExecEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecEnv")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -496,10 +506,16 @@ contexts:
     fn secrets_in_a_kubeconfig_never_print() {
         let cfg: Kubeconfig = serde_saphyr::from_str(
             "users: [{name: u, user: {token: s3cr3t, password: hunter2, client-key-data: a2V5}}]\n\
-             clusters: [{name: c, cluster: {proxy-url: 'http://u:pr0xypw@proxy:3128'}}]",
+             clusters: [{name: c, cluster: {proxy-url: 'http://u:pr0xypw@proxy:3128'}}]\n\
+             contexts: []\n",
         )
         .unwrap();
         let dbg = format!("{cfg:?}");
+        let exec: Kubeconfig = serde_saphyr::from_str(
+            "users: [{name: e, user: {exec: {command: p, env: [{name: K, value: envs3cr3t}]}}}]",
+        )
+        .unwrap();
+        assert!(!format!("{exec:?}").contains("envs3cr3t"));
         for secret in ["s3cr3t", "hunter2", "a2V5", "pr0xypw"] {
             assert!(!dbg.contains(secret), "{secret} in {dbg}");
         }
