@@ -36,7 +36,7 @@ COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
     && bin="target/${CARGO_BUILD_TARGET}/release/kube-ambassador" \
-    && if readelf -lW "$bin" | grep -q 'program interpreter'; then \
+    && if readelf -lW "$bin" | grep 'program interpreter' >/dev/null; then \
          echo "error: $bin is dynamically linked" >&2; exit 1; \
        fi \
     && "$bin" --version \

@@ -15,7 +15,8 @@ target=x86_64-unknown-linux-gnu
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" --bin kube-ambassador
 cargo build --locked --example fake-apiserver
 bin="target/$target/release/kube-ambassador"
-if readelf -lW "$bin" | grep -q 'program interpreter'; then
+# grep without -q reads all of readelf's output: an early exit would SIGPIPE it under pipefail.
+if readelf -lW "$bin" | grep 'program interpreter' >/dev/null; then
   echo "static-root: $bin is dynamically linked" >&2
   exit 1
 fi
