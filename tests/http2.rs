@@ -1,18 +1,23 @@
 //! Upstream HTTP/2 (`--upstream-http2`): requests are multiplexed over HTTP/2 where the
 //! API server offers it, and never wait behind its concurrent-stream limit: when every
-//! connection holds as many streams as the server allows, the proxy opens another.
+//! connection holds as many streams as the server allows, the proxy opens another. Where
+//! the API server does not pick `h2` in ALPN, everything (upgrades too) goes over HTTP/1.1.
 
 mod support;
 
 use bytes::Bytes;
-use http::Version;
-use support::client;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
+use http::{StatusCode, Version};
+use serde_json::json;
+use support::client::{self, Https};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, sha256_hex, within};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 const TOKEN: &str = "http2-sa-token-7d3e";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const LIMIT: u32 = 8;
 const WATCHES: usize = 20;
+const PORTFORWARD: &str = "/api/v1/namespaces/default/pods/p/portforward";
+const SPDY: [(&str, &str); 2] = [("connection", "Upgrade"), ("upgrade", "SPDY/3.1")];
 
 async fn setup(args: &[&str]) -> (FakeApi, World, Proxy) {
     let pki = Pki::new();
@@ -25,6 +30,42 @@ async fn setup(args: &[&str]) -> (FakeApi, World, Proxy) {
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let proxy = Proxy::in_cluster(&world, &api, args).await;
     (api, world, proxy)
+}
+
+/// The proxy with `args` in front of a fake API server that offers only `http/1.1` in ALPN.
+async fn setup_http1_only(args: &[&str]) -> (FakeApi, World, Proxy) {
+    let pki = Pki::new();
+    let api = FakeApi::start(
+        FakeApiOptions::new(pki.clone())
+            .tokens(&[TOKEN])
+            .http1_only(),
+    )
+    .await;
+    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
+    let proxy = Proxy::in_cluster(&world, &api, args).await;
+    (api, world, proxy)
+}
+
+/// Every request the fake saw, as `(method, version)`.
+fn versions(api: &FakeApi) -> Vec<(String, Version)> {
+    api.requests()
+        .into_iter()
+        .map(|s| (s.method, s.version))
+        .collect()
+}
+
+/// Writes `msg` into an upgraded stream and reads back as many bytes (the fake echoes).
+async fn round_trip(io: &mut (impl AsyncRead + AsyncWrite + Unpin), msg: &[u8]) -> Vec<u8> {
+    within("an echo through the tunnel", async {
+        io.write_all(msg).await.expect("write into the tunnel");
+        io.flush().await.expect("flush the tunnel");
+        let mut back = vec![0u8; msg.len()];
+        io.read_exact(&mut back)
+            .await
+            .expect("read from the tunnel");
+        back
+    })
+    .await
 }
 
 #[tokio::test]
@@ -109,4 +150,161 @@ async fn bodies_and_streamed_posts_go_over_http2() {
         "HTTP/2 carries :authority, not Host"
     );
     assert!(post.authority.is_some());
+}
+
+#[tokio::test]
+async fn the_http1_only_fake_api_declines_h2() {
+    // What the fallback tests below rely on: a client offering only `h2` is turned away,
+    // one offering `http/1.1` is served over HTTP/1.1.
+    let (api, _world, _proxy) = setup_http1_only(&[]).await;
+    let ca = api.pki().ca_pem();
+    let auth = format!("Bearer {TOKEN}");
+    let url = format!("{}/echo", api.url());
+    let h2 = within(
+        "an h2-only client",
+        Https::new_h2(&ca).get(&url, &[("authorization", &auth)]),
+    )
+    .await;
+    assert!(h2.is_err(), "h2 was accepted: {:?}", h2.map(|r| r.version));
+    let resp = within(
+        "an HTTP/1.1 client",
+        Https::new(&ca).get(&url, &[("authorization", &auth)]),
+    )
+    .await
+    .expect("HTTP/1.1 request to the fake");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.version, Version::HTTP_11);
+    assert_eq!(resp.json()["version"], "HTTP/1.1");
+    assert_eq!(api.h2_connections_total(), 0);
+}
+
+#[tokio::test]
+async fn when_the_server_declines_h2_gets_a_watch_and_a_post_go_over_http1() {
+    let (api, _world, proxy) = setup_http1_only(&["--upstream-http2"]).await;
+    let pod = proxy.url(&format!("{PODS}/pod-0"));
+
+    // A burst first, while the proxy does not yet know the server declines h2: every one
+    // of them must end up on HTTP/1.1, whichever of them dialled.
+    let burst = (0..8).map(|_| client::try_send("GET", &pod, &[], Bytes::new()));
+    let answers = within(
+        "a first burst of 8 concurrent GETs",
+        futures::future::join_all(burst),
+    )
+    .await;
+    for (i, resp) in answers.into_iter().enumerate() {
+        let resp = resp.unwrap_or_else(|e| panic!("burst GET {i}: {e}"));
+        assert_eq!(resp.status, 200, "burst GET {i}: {}", resp.text());
+        assert_eq!(resp.json()["metadata"]["name"], "pod-0");
+    }
+
+    // A watch, streamed: it sees the pod the POST below creates.
+    let mut watch = client::get_stream(
+        &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1")),
+        &[],
+    )
+    .await;
+    assert_eq!(watch.status, 200);
+    api.wait_open_watches(1).await;
+
+    let list = client::get(&proxy.url(PODS)).await;
+    assert_eq!(list.status, 200, "{}", list.text());
+    assert_eq!(list.json()["items"].as_array().map(Vec::len), Some(3));
+
+    let body = serde_json::to_vec(&json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "over-http1"},
+        "spec": {"containers": [{"name": "main", "image": "registry.example/demo:1"}]},
+    }))
+    .unwrap();
+    let created = client::send(
+        "POST",
+        &proxy.url(PODS),
+        &[("content-type", "application/json")],
+        body.clone(),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(created.json()["metadata"]["name"], "over-http1");
+    let event = within("the ADDED event on the watch", watch.next_json())
+        .await
+        .expect("the watch ended early");
+    assert_eq!(event["type"], "ADDED", "{event}");
+    assert_eq!(event["object"]["metadata"]["name"], "over-http1", "{event}");
+
+    let seen = api.requests();
+    let post = seen
+        .iter()
+        .find(|s| s.method == "POST")
+        .expect("the POST reached the API server");
+    assert_eq!(post.body_len, body.len() as u64);
+    assert_eq!(post.body_sha256, sha256_hex(&body));
+    assert!(post.body_complete);
+    assert!(
+        post.header("host").is_some(),
+        "HTTP/1.1 carries Host: {:?}",
+        post.headers
+    );
+    let watched = seen
+        .iter()
+        .find(|s| s.query.as_deref().is_some_and(|q| q.contains("watch=1")))
+        .expect("the watch reached the API server");
+    assert_eq!(watched.version, Version::HTTP_11);
+    // 8 GETs, the watch, the list and the POST: each exactly once, all over HTTP/1.1.
+    assert_eq!(seen.len(), 11, "{:?}", versions(&api));
+    assert!(
+        seen.iter()
+            .all(|s| s.version == Version::HTTP_11 && s.token.as_deref() == Some(TOKEN)),
+        "{:?}",
+        versions(&api)
+    );
+    assert_eq!(api.h2_connections_total(), 0);
+    assert_eq!(api.open_watches(), 1, "the watch is still open");
+}
+
+#[tokio::test]
+async fn when_the_server_declines_h2_an_upgrade_still_works() {
+    let (api, _world, proxy) = setup_http1_only(&["--upstream-http2"]).await;
+    // Once as the very first request, once after a GET has taught the proxy the server
+    // speaks HTTP/1.1 only.
+    for round in 0..2 {
+        if round == 1 {
+            let resp = client::get(&proxy.url(&format!("{PODS}/pod-1"))).await;
+            assert_eq!(resp.status, 200, "{}", resp.text());
+        }
+        let up = client::upgrade(&proxy.url(PORTFORWARD), &SPDY).await;
+        assert_eq!(
+            up.status,
+            StatusCode::SWITCHING_PROTOCOLS,
+            "round {round}: {:?}",
+            up.body
+        );
+        assert_eq!(
+            up.headers.get("upgrade").map(|v| v.as_bytes()),
+            Some(&b"SPDY/3.1"[..])
+        );
+        let mut io = up.io.expect("upgraded stream");
+        api.wait_open_upgrades(1).await;
+        let msg: Vec<u8> = (0..70_000).map(|i| (i * 7 + round) as u8).collect();
+        assert_eq!(round_trip(&mut io, &msg).await, msg, "round {round}");
+        drop(io);
+        api.wait_open_upgrades(0).await;
+    }
+    let upgrades: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|s| s.path == PORTFORWARD)
+        .collect();
+    assert_eq!(upgrades.len(), 2);
+    for s in &upgrades {
+        assert_eq!(s.version, Version::HTTP_11);
+        assert_eq!(s.token.as_deref(), Some(TOKEN));
+        assert_eq!(s.header("upgrade"), Some("SPDY/3.1"));
+    }
+    assert!(
+        api.requests().iter().all(|s| s.version == Version::HTTP_11),
+        "{:?}",
+        versions(&api)
+    );
+    assert_eq!(api.h2_connections_total(), 0);
 }

@@ -71,6 +71,10 @@ pub struct FakeApiOptions {
     pub port: u16,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS to advertise; `None` keeps hyper's default.
     pub max_concurrent_streams: Option<u32>,
+    /// Offer only `http/1.1` in ALPN and speak only HTTP/1.1, like a server (or a
+    /// TLS-terminating load balancer in front of one) without HTTP/2. Off by default: `h2`
+    /// and `http/1.1` are offered, in that order.
+    pub http1_only: bool,
 }
 
 impl Default for FakeApiOptions {
@@ -82,6 +86,7 @@ impl Default for FakeApiOptions {
             require_client_cert: false,
             port: 0,
             max_concurrent_streams: None,
+            http1_only: false,
         }
     }
 }
@@ -111,6 +116,11 @@ impl FakeApiOptions {
     }
     pub fn max_concurrent_streams(mut self, n: u32) -> Self {
         self.max_concurrent_streams = Some(n);
+        self
+    }
+    /// See [`FakeApiOptions::http1_only`].
+    pub fn http1_only(mut self) -> Self {
+        self.http1_only = true;
         self
     }
 }
@@ -242,6 +252,7 @@ struct State {
     port: AtomicU16,
     require_client_cert: bool,
     max_concurrent_streams: Option<u32>,
+    http1_only: bool,
     /// Connections that negotiated HTTP/2, ever.
     h2_connections: std::sync::atomic::AtomicUsize,
     tokens: RwLock<HashSet<String>>,
@@ -288,7 +299,7 @@ impl State {
 
 /// Built per `Pki` and swapped whole by `set_pki` (each handshake takes the current one):
 /// unlike a certificate resolver alone, this also moves the client-cert verifier to the new CA.
-fn tls_config(pki: &Pki, require_client_cert: bool) -> Arc<ServerConfig> {
+fn tls_config(pki: &Pki, require_client_cert: bool, http1_only: bool) -> Arc<ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -306,7 +317,11 @@ fn tls_config(pki: &Pki, require_client_cert: bool) -> Arc<ServerConfig> {
     let mut cfg = builder
         .with_single_cert(pki.server_cert_chain(), pki.server_key())
         .expect("server cert");
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.alpn_protocols = if http1_only {
+        vec![b"http/1.1".to_vec()]
+    } else {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    };
     Arc::new(cfg)
 }
 
@@ -334,9 +349,14 @@ impl FakeApi {
             port: AtomicU16::new(opts.port),
             require_client_cert: opts.require_client_cert,
             max_concurrent_streams: opts.max_concurrent_streams,
+            http1_only: opts.http1_only,
             h2_connections: std::sync::atomic::AtomicUsize::new(0),
             tokens: RwLock::new(opts.tokens.into_iter().collect()),
-            tls: RwLock::new(tls_config(&opts.pki, opts.require_client_cert)),
+            tls: RwLock::new(tls_config(
+                &opts.pki,
+                opts.require_client_cert,
+                opts.http1_only,
+            )),
             pki: RwLock::new(opts.pki),
             log: Mutex::new(Vec::new()),
             log_gen: watch::Sender::new(0),
@@ -409,7 +429,8 @@ impl FakeApi {
     /// New TLS handshakes use `pki` (server certificate, and client CA when client certs are
     /// required). Open connections keep theirs: see [`FakeApi::close_connections`].
     pub fn set_pki(&self, pki: Pki) {
-        *self.state.tls.write().unwrap() = tls_config(&pki, self.state.require_client_cert);
+        *self.state.tls.write().unwrap() =
+            tls_config(&pki, self.state.require_client_cert, self.state.http1_only);
         *self.state.pki.write().unwrap() = pki;
     }
 
@@ -682,6 +703,10 @@ async fn serve_connection(
         }
         let svc = service_fn(move |req| handle(svc_state.clone(), conn.clone(), req));
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        if state.http1_only {
+            // No HTTP/2 by prior knowledge either: a preface is a malformed HTTP/1.1 request.
+            builder = builder.http1_only();
+        }
         if let Some(n) = state.max_concurrent_streams {
             builder.http2().max_concurrent_streams(n);
         }
