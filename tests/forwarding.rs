@@ -95,18 +95,47 @@ async fn path_and_query_are_forwarded_byte_for_byte_with_percent_encoding_kept()
     assert_eq!(resp.json()["uri"], target);
 }
 
-#[tokio::test]
-async fn host_is_rewritten_to_the_api_servers_address() {
-    let (api, _world, proxy) = setup(&[]).await;
+/// The host the API server saw, as `[value]`: `:authority` over HTTP/2 (which then carries
+/// no `Host`, RFC 9113 §8.3.1), `Host` over HTTP/1.1 (origin-form: no authority).
+fn upstream_host(echo: &Value) -> Vec<String> {
+    if echo["version"] == "HTTP/2.0" {
+        assert!(
+            echoed(echo, "host").is_empty(),
+            "Host beside :authority: {echo}"
+        );
+        vec![echo["authority"].as_str().expect("authority").to_owned()]
+    } else {
+        assert_eq!(echo["version"], "HTTP/1.1", "{echo}");
+        assert_eq!(
+            echo["authority"],
+            Value::Null,
+            "origin-form upstream: {echo}"
+        );
+        echoed(echo, "host")
+    }
+}
+
+async fn host_is_rewritten(args: &[&str], version: &str) {
+    let (api, _world, proxy) = setup(args).await;
     let resp = client::get_with(&proxy.url("/echo/host"), &[("host", "localhost:8001")]).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     let echo = resp.json();
+    assert_eq!(echo["version"], version, "{echo}");
     assert_eq!(
-        echoed(&echo, "host"),
+        upstream_host(&echo),
         [format!("127.0.0.1:{}", api.port())],
         "{echo}"
     );
-    assert_eq!(echo["authority"], Value::Null, "origin-form upstream");
+}
+
+#[tokio::test]
+async fn host_is_rewritten_to_the_api_servers_address() {
+    host_is_rewritten(&[], "HTTP/2.0").await;
+}
+
+#[tokio::test]
+async fn host_is_rewritten_to_the_api_servers_address_over_http_1_1() {
+    host_is_rewritten(&["--upstream-http2=false"], "HTTP/1.1").await;
 }
 
 #[tokio::test]
@@ -298,7 +327,7 @@ async fn an_absolute_form_target_only_ever_reaches_the_api_server_even_when_ever
         let echo = resp.json();
         assert_eq!(echo["uri"], "/echo/abs?q=1", "origin-form upstream");
         assert_eq!(echo["token"], TOKEN);
-        assert_eq!(echoed(&echo, "host"), [format!("127.0.0.1:{}", api.port())]);
+        assert_eq!(upstream_host(&echo), [format!("127.0.0.1:{}", api.port())]);
     }
     assert_eq!(api.requests().len(), 2);
     match trap.accept() {
@@ -413,7 +442,19 @@ fn raw_bytes_until_close(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
 
 #[tokio::test]
 async fn an_http_1_0_client_gets_an_unchunked_response_while_the_api_server_sees_http_1_1() {
-    let (api, _world, proxy) = setup(&[]).await;
+    // The API server's answer is chunked over HTTP/1.1.
+    http_1_0_client_gets_an_unchunked_response(&["--upstream-http2=false"], http::Version::HTTP_11)
+        .await;
+}
+
+#[tokio::test]
+async fn an_http_1_0_client_gets_an_unchunked_response_of_unknown_length_over_http_2() {
+    // Over HTTP/2 the answer has no length either: DATA frames until END_STREAM.
+    http_1_0_client_gets_an_unchunked_response(&[], http::Version::HTTP_2).await;
+}
+
+async fn http_1_0_client_gets_an_unchunked_response(args: &[&str], upstream: http::Version) {
+    let (api, _world, proxy) = setup(args).await;
     let n = 300_001;
     let addr = proxy.socket_addr();
     // The API server answers chunked; an HTTP/1.0 client cannot read chunked framing.
@@ -440,5 +481,5 @@ async fn an_http_1_0_client_gets_an_unchunked_response_while_the_api_server_sees
         "the body differs from the pattern"
     );
     let seen = api.wait_for_request(|s| s.path == "/bytes").await;
-    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(seen.version, upstream);
 }

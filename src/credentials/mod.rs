@@ -186,7 +186,9 @@ impl Credentials {
     pub async fn for_request(&self) -> Result<Option<HeaderValue>, ExecError> {
         if let Some(exec) = &self.exec {
             if exec.stale(crate::metrics::unix_now()) {
-                self.run_exec(None).await?;
+                // Boxed: running the plugin is rare; inline, its state would sit in
+                // every request's future.
+                Box::pin(self.run_exec(None)).await?;
             }
         }
         Ok(self.header())
