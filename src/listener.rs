@@ -374,7 +374,10 @@ async fn connection<S>(
 {
     let _guard = shutdown.guard();
     let _open = proxy.metrics.open(Open::Connection);
-    let service = service_fn(move |req| proxy.clone().handle(req, peer));
+    // Boxed per request: hyper keeps the service future's slot allocated for the whole
+    // connection, so an unboxed one would hold its full size (kilobytes) on every open
+    // connection, watches included; a box is freed as soon as the response head is out.
+    let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer)));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let result = tokio::select! {
