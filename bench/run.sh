@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Benchmark: a direct TLS client vs kube-ambassador vs `kubectl proxy`, in front of the fake
-# API server, on this machine, in one run. See bench/README.md.
+# Benchmark: a direct TLS client vs kube-ambassador vs `kubectl proxy` (and nginx as a
+# reference reverse proxy), in front of the fake API server, on this machine, in one run.
+# See bench/README.md.
 #
 #   bench/run.sh                     # about 5 minutes (after the release build)
 #   BENCH_SECONDS=10 bench/run.sh    # longer wrk runs
@@ -13,9 +14,11 @@
 #   BENCH_WATCH_ROUNDS=1   rounds of the watch workload
 #   BENCH_STARTUPS=2       start-up measurements per proxy per round
 #   BENCH_TICK_MS=100      watch event period of the fake API server
-#   BENCH_PORT_BASE=18001  kube-ambassador on BASE, kubectl proxy on BASE+1, start-ups on BASE+10
+#   BENCH_PORT_BASE=18001  kube-ambassador on BASE, kubectl proxy on BASE+1, nginx on BASE+3,
+#                          start-ups on BASE+10
+#   BENCH_NGINX=0          leave out the nginx target (skipped anyway where nginx is missing)
 #   BENCH_OUT=bench/results.md   the report (the raw samples go beside it as .tsv)
-#   BENCH_KEEP=1           keep the scratch directory (logs of all three servers)
+#   BENCH_KEEP=1           keep the scratch directory (logs of all the servers)
 #   BENCH_KA_ARGS='…'      extra kube-ambassador flags (word-split), e.g. to compare an option
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,7 @@ TICK_MS=${BENCH_TICK_MS:-100}
 PORT_BASE=${BENCH_PORT_BASE:-18001}
 PORT_KA=$PORT_BASE
 PORT_KC=$((PORT_BASE + 1))
+PORT_NG=$((PORT_BASE + 3))
 PORT_SU=$((PORT_BASE + 10))
 OUT=${BENCH_OUT:-bench/results.md}
 read -r -a KA_ARGS <<<"${BENCH_KA_ARGS:-}"
@@ -66,6 +70,19 @@ if [ -n "$KUBECTL" ]; then
 else
   log "kubectl not found: skipping the kubectl proxy target"
 fi
+# nginx: a reference for what any reverse-proxy hop costs here (not a kube-ambassador rival).
+NGINX=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
+if [ "${BENCH_NGINX:-1}" = 0 ]; then
+  NGINX=''
+  log "BENCH_NGINX=0: skipping the nginx target"
+elif [ -z "$NGINX" ]; then
+  log "nginx not found: skipping the nginx target (apt-get install nginx-light)"
+elif ! command -v pgrep >/dev/null 2>&1; then
+  NGINX=''
+  log "pgrep not found (it finds nginx's worker process): skipping the nginx target"
+else
+  TARGETS+=(nginx)
+fi
 
 # More file descriptors: 1,000 watches through a proxy are 2,000 sockets in it.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -84,9 +101,25 @@ CLIENT=$BIN/examples/bench-client
 WORK=$(mktemp -d -t ka-bench.XXXXXX)
 RAW=$WORK/raw.tsv
 : >"$RAW"
-FAKE_PID='' KA_PID='' KC_PID=''
+FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER=''
+# nginx daemonizes: its master (NG_PID) is not our child. TERM makes it stop its worker
+# (NG_WORKER, the process measured); whatever is left after a second is killed.
+stop_ng() {
+  local pid _
+  [ -n "$NG_PID" ] || return 0
+  kill -TERM "$NG_PID" 2>/dev/null || true
+  for _ in $(seq 20); do
+    kill -0 "$NG_PID" 2>/dev/null || kill -0 "${NG_WORKER:-$NG_PID}" 2>/dev/null || break
+    sleep 0.05
+  done
+  for pid in "$NG_WORKER" "$NG_PID"; do
+    [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
+  done
+  NG_PID='' NG_WORKER=''
+}
 cleanup() {
   local pid
+  stop_ng
   for pid in "$KA_PID" "$KC_PID" "$FAKE_PID"; do
     [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   done
@@ -122,14 +155,17 @@ KCFG=$(kv KUBECONFIG "$WORK/fake.env")
 CA=$SA/ca.crt
 DIRECT=https://127.0.0.1:$FAKE_PORT
 
-# The three servers must outlive every workload; say how one died.
+# The servers must outlive every workload; say how one died.
 alive() {
   local name pid log status
-  for name in fake kube-ambassador kubectl-proxy; do
+  for name in fake kube-ambassador kubectl-proxy nginx nginx-worker; do
     case $name in
       fake) pid=$FAKE_PID log=$WORK/fake.log ;;
       kube-ambassador) pid=$KA_PID log=$WORK/kube-ambassador.log ;;
       kubectl-proxy) pid=$KC_PID log=$WORK/kubectl-proxy.log ;;
+      nginx) pid=$NG_PID log=$WORK/nginx/error.log ;;
+      # The master would replace a dead worker, but the measurements follow this one.
+      nginx-worker) pid=$NG_WORKER log=$WORK/nginx/error.log ;;
     esac
     [ -z "$pid" ] && continue
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -145,6 +181,7 @@ url_of() {
     direct) echo "$DIRECT" ;;
     kube-ambassador) echo "http://127.0.0.1:$PORT_KA" ;;
     kubectl-proxy) echo "http://127.0.0.1:$PORT_KC" ;;
+    nginx) echo "http://127.0.0.1:$PORT_NG" ;;
   esac
 }
 pid_of() {
@@ -152,6 +189,7 @@ pid_of() {
     direct) echo '' ;;
     kube-ambassador) echo "$KA_PID" ;;
     kubectl-proxy) echo "$KC_PID" ;;
+    nginx) echo "$NG_WORKER" ;;
   esac
 }
 # Client arguments for bench-client: the direct target needs the CA and the token.
@@ -178,6 +216,70 @@ start_kc() {
   KC_PID=$!
   wait_ok "http://127.0.0.1:$PORT_KC$POD_PATH"
 }
+# nginx as a minimal TLS reverse proxy: one worker (kube-ambassador's default is one
+# runtime thread), keep-alive upstream connections, the token added, the fake's CA
+# verified, no buffering (watches and the 256 MiB response stream through). It holds 2
+# fds per watch; proxy_read_timeout must outlast any quiet period of a watch. Unbuffered,
+# nginx reads at most proxy_buffer_size (one 4 KiB page by default) at a time from the
+# upstream, and its keepalive_requests (1,000 by default) would close wrk's connections
+# every 1,000 requests: both raised so as not to handicap it (proxy_buffers, unused
+# unbuffered, only has to be at least as large for nginx to accept the configuration).
+start_ng() {
+  local dir=$WORK/nginx conns=$((2 * WATCHES + 512)) m temp='' _
+  [ "$conns" -ge 4096 ] || conns=4096
+  mkdir -p "$dir"
+  # Temporary directories in the scratch directory, not /var/lib/nginx: unused here, but
+  # nginx creates them at start-up, which a user other than root could not.
+  for m in client_body proxy fastcgi uwsgi scgi; do
+    "$NGINX" -V 2>&1 | grep -q -- "--without-http_${m}_module" ||
+      temp+="  ${m}_temp_path $dir/${m}_temp;"$'\n'
+  done
+  cat >"$dir/nginx.conf" <<NGINX_CONF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections $conns; }
+http {
+  access_log off;
+$temp  keepalive_requests 1000000;
+  upstream api {
+    server 127.0.0.1:$FAKE_PORT;
+    keepalive 128;
+    keepalive_requests 1000000;
+  }
+  server {
+    listen 127.0.0.1:$PORT_NG;
+    location / {
+      proxy_pass https://api;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Authorization "Bearer $TOKEN";
+      proxy_ssl_trusted_certificate $CA;
+      proxy_ssl_verify on;
+      proxy_ssl_name localhost;
+      proxy_ssl_protocols TLSv1.2 TLSv1.3;
+      proxy_ssl_session_reuse on;
+      proxy_buffering off;
+      proxy_buffer_size 64k;
+      proxy_buffers 8 64k;
+      proxy_read_timeout 1h;
+      proxy_send_timeout 1h;
+    }
+  }
+}
+NGINX_CONF
+  "$NGINX" -c "$dir/nginx.conf" >>"$WORK/nginx.log" 2>&1 ||
+    die "nginx did not start: $(tail -n 5 "$WORK/nginx.log" "$dir/error.log" 2>/dev/null)"
+  for _ in $(seq 100); do [ -s "$dir/nginx.pid" ] && break; sleep 0.05; done
+  NG_PID=$(cat "$dir/nginx.pid" 2>/dev/null) || die "nginx wrote no pid file: $(tail -n 5 "$dir/error.log")"
+  for _ in $(seq 100); do
+    NG_WORKER=$(pgrep -P "$NG_PID" -f '^nginx: worker' | head -1 || true)
+    [ -n "$NG_WORKER" ] && break
+    sleep 0.05
+  done
+  [ -n "$NG_WORKER" ] || die "no nginx worker under master $NG_PID: $(tail -n 5 "$dir/error.log")"
+  wait_ok "http://127.0.0.1:$PORT_NG$POD_PATH"
+}
 
 wait_ok "$DIRECT$POD_PATH" "--ca $CA --token $TOKEN"
 log "starting kube-ambassador on :$PORT_KA"
@@ -185,6 +287,10 @@ start_ka
 if [ -n "$KUBECTL" ]; then
   log "starting kubectl proxy on :$PORT_KC"
   start_kc
+fi
+if [ -n "$NGINX" ]; then
+  log "starting nginx on :$PORT_NG"
+  start_ng
 fi
 
 # The fake really serves 500 pods (the LIST workload's premise).
@@ -319,7 +425,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for t in $(rotation "$r"); do
       out=$WORK/startup.out
       case $t in
-        direct) continue ;;
+        # nginx daemonizes, and its start-up is not what it is here for.
+        direct | nginx) continue ;;
         kube-ambassador)
           KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
             "$CLIENT" startup --url "http://127.0.0.1:$PORT_SU$POD_PATH" -- \
@@ -341,6 +448,7 @@ for t in "${TARGETS[@]:1}"; do
 done
 
 # ---------------------------------------------------------------------------- report
+stop_ng
 kill -KILL "$KA_PID" ${KC_PID:+"$KC_PID"} "$FAKE_PID" 2>/dev/null || true
 wait 2>/dev/null || true
 KA_PID='' KC_PID='' FAKE_PID=''
@@ -359,6 +467,11 @@ MACHINE=$WORK/machine.md
     echo "- kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
   else
     echo "- kubectl: not installed, its column is empty"
+  fi
+  if [ -n "$NGINX" ]; then
+    echo "- nginx (reference reverse proxy: one worker, keep-alive TLS upstream, no buffering): $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
+  else
+    echo "- nginx: not run, its column is empty"
   fi
   echo "- wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
   echo "- settings: BENCH_SECONDS=$SECS BENCH_ROUNDS=$ROUNDS BENCH_WATCHES=$WATCHES BENCH_WATCH_SECONDS=$WATCH_SECS BENCH_WATCH_ROUNDS=$WATCH_ROUNDS BENCH_STARTUPS=$STARTUPS BENCH_TICK_MS=$TICK_MS${BENCH_KA_ARGS:+ BENCH_KA_ARGS='$BENCH_KA_ARGS'}"

@@ -536,7 +536,9 @@ async fn cmd_startup(a: &Args) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // report
 
-const TARGETS: [&str; 3] = ["direct", "kube-ambassador", "kubectl-proxy"];
+/// In the report's column order. nginx (a minimal TLS reverse proxy, one worker) is the
+/// reference for what any proxy hop costs on the machine, not a rival.
+const TARGETS: [&str; 4] = ["direct", "kube-ambassador", "kubectl-proxy", "nginx"];
 
 /// How a row compares with direct.
 #[derive(Clone, Copy, PartialEq)]
@@ -653,8 +655,8 @@ fn cmd_report(a: &Args) -> Result<()> {
     let mut out = String::new();
     out += &fs::read_to_string(machine)?;
     out += "\n## Results (median over rounds)\n\n";
-    out += "| workload | unit | better | direct | kube-ambassador | kubectl proxy | kube-ambassador vs direct | kubectl proxy vs direct | kube-ambassador ÷ kubectl proxy |\n";
-    out += "|---|---|---|--:|--:|--:|--:|--:|--:|\n";
+    out += "| workload | unit | better | direct | kube-ambassador | kubectl proxy | nginx | kube-ambassador vs direct | kubectl proxy vs direct | nginx vs direct | kube-ambassador ÷ kubectl proxy | kube-ambassador ÷ nginx |\n";
+    out += "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     for r in ROWS {
         let vals: Vec<Option<f64>> = TARGETS
             .iter()
@@ -675,23 +677,37 @@ fn cmd_report(a: &Args) -> Result<()> {
         };
         // A ratio to a growth under 1 MiB would only compare allocator noise.
         let tiny = |v: f64| r.unit == "KiB" && v < 1024.0;
-        let ka_kc = match (vals[1], vals[2]) {
-            (Some(k), Some(c)) if tiny(k) || tiny(c) => "— (< 1 MiB)".into(),
-            (Some(k), Some(c)) if c > 0.0 => format!("{:.2}×", k / c),
-            _ => "—".into(),
+        // kube-ambassador ÷ another proxy.
+        let ka_vs = |other: Option<f64>| -> String {
+            match (vals[1], other) {
+                (Some(k), Some(c)) if tiny(k) || tiny(c) => "— (< 1 MiB)".into(),
+                (Some(k), Some(c)) if c > 0.0 => format!("{:.2}×", k / c),
+                _ => "—".into(),
+            }
         };
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.label,
             r.unit,
             r.better,
             cell(vals[0]),
             cell(vals[1]),
             cell(vals[2]),
+            cell(vals[3]),
             vs_direct(vals[1]),
             vs_direct(vals[2]),
-            ka_kc
+            vs_direct(vals[3]),
+            ka_vs(vals[2]),
+            ka_vs(vals[3])
         );
+    }
+    if data.keys().any(|(_, t, _)| t == "nginx") {
+        out += "\nnginx is a reference point, not a contender: a minimal TLS reverse proxy (one \
+                worker process, keep-alive upstream connections, no buffering) in front of the \
+                same fake API server. Every proxy hop adds sockets, copies and a second TLS \
+                peer on the same CPUs, so read the proxies' ratios to direct against nginx's; \
+                \"kube-ambassador ÷ nginx\" is how far kube-ambassador is from a mature C \
+                proxy. Start-up is not measured for nginx.\n";
     }
 
     out += "\n## Where the CPU went (median over rounds)\n\n";
@@ -700,7 +716,7 @@ fn cmd_report(a: &Args) -> Result<()> {
             else ran on the machine meanwhile (busy time in /proc/stat minus the three \
             processes measured). \"Fake API share\" is the fake server's part of the CPU the \
             three benchmark processes got: the higher it is, the more the fake, rather than the \
-            proxy, sets the request rate.\n\n";
+            proxy, sets the request rate. For nginx, the proxy is its one worker process.\n\n";
     out += "| workload | target | req/s | wrk cores | fake API cores | proxy cores | other processes' cores | fake API share | fake API µs/req | proxy µs/req | wrk µs/req | errors |\n";
     out += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     let mut fake_bound = Vec::new();
