@@ -20,10 +20,14 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const UNAUTHORIZED: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}"#;
 
 async fn setup() -> (FakeApi, World, Proxy) {
+    setup_with(&[]).await
+}
+
+async fn setup_with(args: &[&str]) -> (FakeApi, World, Proxy) {
     let pki = Pki::new();
     let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let proxy = Proxy::in_cluster(&world, &api, &[]).await;
+    let proxy = Proxy::in_cluster(&world, &api, args).await;
     (api, world, proxy)
 }
 
@@ -195,14 +199,23 @@ async fn the_api_servers_own_404_and_401_pass_through_unchanged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_right_after_the_api_server_closed_its_kept_alive_connections_is_answered() {
+    closed_connections_then_get(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_right_after_closed_connections_is_answered_over_http_1_1() {
+    closed_connections_then_get(&["--upstream-http2=false"]).await;
+}
+
+async fn closed_connections_then_get(args: &'static [&'static str]) {
     // The API server closes idle connections (a restart, an idle timeout, a GOAWAY): the
     // proxy may take such a connection from its pool in the instant before it notices the
     // close. A request without a body is then sent again on another connection, as Go's
     // transport (and so kubectl proxy) does, instead of failing with 502. (Without that,
     // some of these hundred requests almost always fail; with it, none ever does.)
     let runs = (0..4).map(|_| {
-        tokio::spawn(async {
-            let (api, _world, proxy) = setup().await;
+        tokio::spawn(async move {
+            let (api, _world, proxy) = setup_with(args).await;
             let mut failures = Vec::new();
             for i in 0..25 {
                 let resp = client::get(&proxy.url(PODS)).await;
