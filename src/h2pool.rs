@@ -48,9 +48,12 @@ use crate::upstream::Connector;
 const UNLIMITED_STREAMS: usize = 1000;
 /// How many connections a request tries when the one it reserved turns out closed.
 const ATTEMPTS: usize = 3;
-/// Go's HTTP/2 transport windows: a stalled watch can hold at most its stream's window,
-/// and many stalled watches never exhaust the connection's.
-const STREAM_WINDOW: u32 = 4 << 20;
+/// The stream window bounds what one response can have buffered here while its client
+/// reads slowly: 1 MiB (Go's transport uses 4 MiB; measured here, a 256 MiB response grew
+/// RSS by 1.7 MiB with 4 MiB and 0.6 MiB with 1 MiB, at the same throughput). The
+/// connection window is Go's 1 GiB, so that many stalled streams never exhaust it and
+/// block the others on the connection.
+const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 1 << 30;
 /// A connection with no stream for this long (checked at this period) is closed, as the
 /// HTTP/1.1 pool closes its idle connections.
