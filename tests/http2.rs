@@ -9,8 +9,7 @@ use bytes::Bytes;
 use http::{StatusCode, Version};
 use serde_json::json;
 use support::client::{self, Https};
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, sha256_hex, within};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, round_trip, sha256_hex, within};
 
 const TOKEN: &str = "http2-sa-token-7d3e";
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -52,20 +51,6 @@ fn versions(api: &FakeApi) -> Vec<(String, Version)> {
         .into_iter()
         .map(|s| (s.method, s.version))
         .collect()
-}
-
-/// Writes `msg` into an upgraded stream and reads back as many bytes (the fake echoes).
-async fn round_trip(io: &mut (impl AsyncRead + AsyncWrite + Unpin), msg: &[u8]) -> Vec<u8> {
-    within("an echo through the tunnel", async {
-        io.write_all(msg).await.expect("write into the tunnel");
-        io.flush().await.expect("flush the tunnel");
-        let mut back = vec![0u8; msg.len()];
-        io.read_exact(&mut back)
-            .await
-            .expect("read from the tunnel");
-        back
-    })
-    .await
 }
 
 #[tokio::test]

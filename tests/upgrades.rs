@@ -8,8 +8,8 @@ mod support;
 use http::StatusCode;
 use support::client::{self, Upgrade};
 use support::fake_api::status_json;
-use support::{FakeApi, Proxy, World, sha256_hex, within};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use support::{FakeApi, Proxy, World, round_trip, sha256_hex, within};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "upgrade-sa-token";
 const PORTFORWARD: &str = "/api/v1/namespaces/default/pods/p/portforward";
@@ -33,20 +33,6 @@ fn websocket_headers() -> [(&'static str, &'static str); 5] {
         ("sec-websocket-key", WS_KEY),
         ("sec-websocket-protocol", "v4.channel.k8s.io"),
     ]
-}
-
-/// Writes `msg` and reads back exactly as many bytes (the fake API echoes).
-async fn round_trip(io: &mut (impl AsyncRead + AsyncWrite + Unpin), msg: &[u8]) -> Vec<u8> {
-    within("an echo through the tunnel", async {
-        io.write_all(msg).await.expect("write into the tunnel");
-        io.flush().await.expect("flush the tunnel");
-        let mut back = vec![0u8; msg.len()];
-        io.read_exact(&mut back)
-            .await
-            .expect("read from the tunnel");
-        back
-    })
-    .await
 }
 
 /// Several rounds of different sizes, then a large transfer written and read concurrently

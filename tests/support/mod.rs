@@ -59,6 +59,25 @@ pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
     }
 }
 
+/// Writes `msg` into an upgraded stream and reads back exactly as many bytes (the fake
+/// API echoes).
+pub async fn round_trip(
+    io: &mut (impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin),
+    msg: &[u8],
+) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    within("an echo through the tunnel", async {
+        io.write_all(msg).await.expect("write into the tunnel");
+        io.flush().await.expect("flush the tunnel");
+        let mut back = vec![0u8; msg.len()];
+        io.read_exact(&mut back)
+            .await
+            .expect("read from the tunnel");
+        back
+    })
+    .await
+}
+
 /// A path as a `String`, for building flags and environment values.
 pub fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
