@@ -39,13 +39,11 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected_after_the_head
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_but_a_watch_outlives_the_timeout() {
     let (api, _world, proxy) = setup(&["--header-read-timeout=1s"]).await;
-    let mut watch = client::get_stream(
+    let mut watch = support::open_watch(
+        &api,
         &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1")),
-        &[],
     )
     .await;
-    assert_eq!(watch.status, 200);
-    within("the watch to open upstream", api.wait_open_watches(1)).await;
 
     let mut idle = TcpStream::connect(proxy.socket_addr()).await.unwrap();
     idle.write_all(b"GET /api HTTP/1.1\r\nHost: localhost\r\n\r\n")

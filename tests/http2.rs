@@ -183,13 +183,11 @@ async fn when_the_server_declines_h2_gets_a_watch_and_a_post_go_over_http1() {
     }
 
     // A watch, streamed: it sees the pod the POST below creates.
-    let mut watch = client::get_stream(
+    let mut watch = support::open_watch(
+        &api,
         &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1")),
-        &[],
     )
     .await;
-    assert_eq!(watch.status, 200);
-    api.wait_open_watches(1).await;
 
     let list = client::get(&proxy.url(PODS)).await;
     assert_eq!(list.status, 200, "{}", list.text());

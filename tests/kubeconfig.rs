@@ -921,13 +921,11 @@ async fn request_timeout_does_not_cut_a_watch_whose_headers_arrived() {
     const TOKEN: &str = "kc-timeout-token-b2";
     let (api, _home, proxy) = timeout_proxy(TOKEN, "1s").await;
     // A resourceVersion other than 0: only events sent from now on.
-    let mut watch = client::get_stream(
+    let mut watch = support::open_watch(
+        &api,
         &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1003")),
-        &[],
     )
     .await;
-    assert_eq!(watch.status, 200);
-    api.wait_open_watches(1).await;
     // This one times out after the 1 s limit, so the watch is now older than that.
     let held = client::get(&proxy.url("/hold/meanwhile")).await;
     status_message(&held, 504, "Timeout");

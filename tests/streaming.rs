@@ -51,13 +51,11 @@ fn check_pattern(chunk: &[u8], offset: usize) {
 #[tokio::test]
 async fn watch_events_arrive_one_by_one_as_the_api_server_sends_them() {
     let (api, _world, proxy) = setup().await;
-    let mut watch = client::get_stream(
+    let mut watch = support::open_watch(
+        &api,
         &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1")),
-        &[],
     )
     .await;
-    assert_eq!(watch.status, 200);
-    api.wait_open_watches(1).await;
     // Each event is sent only after the previous one was read: were the proxy to hold
     // events back for a batch or a flush interval, the read would wait for ever.
     let events = [

@@ -423,13 +423,11 @@ async fn watches_and_upgrades_take_the_tunnel_too() {
     let kc = kubeconfig(&world, &api.url(), &ca, &format!("http://{}", via.addr));
     let proxy = start(&world, &kc).await;
 
-    let mut watch = client::get_stream(
+    let mut watch = support::open_watch(
+        &api,
         &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1003")),
-        &[],
     )
     .await;
-    assert_eq!(watch.status, 200);
-    api.wait_open_watches(1).await;
     api.send_watch_event("ADDED", "through-the-tunnel");
     let event = within("the watch event", watch.next_json())
         .await

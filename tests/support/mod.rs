@@ -78,6 +78,15 @@ pub async fn round_trip(
     .await
 }
 
+/// GETs `url` (a watch through the proxy) and waits until the fake API server holds it
+/// open: an event sent from then on reaches it.
+pub async fn open_watch(api: &FakeApi, url: &str) -> client::StreamResp {
+    let watch = client::get_stream(url, &[]).await;
+    assert_eq!(watch.status, 200, "watch {url}");
+    within("the watch to open upstream", api.wait_open_watches(1)).await;
+    watch
+}
+
 /// A path as a `String`, for building flags and environment values.
 pub fn path_str(p: &std::path::Path) -> String {
     p.to_string_lossy().into_owned()
