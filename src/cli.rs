@@ -228,7 +228,7 @@ pub struct Cli {
 
     /// Threads serving requests. 1 (the default) runs everything on one thread: a sidecar
     /// rarely has more than a core, and one thread costs 15–25% less CPU per request
-    /// (no cross-thread wake-ups; see bench/README.md). 0: one per CPU.
+    /// (no wake-ups across threads). 0: one per CPU.
     #[arg(long, default_value_t = 1, value_name = "N", help_heading = OURS)]
     pub worker_threads: usize,
 

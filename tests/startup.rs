@@ -54,6 +54,40 @@ async fn exactly_one_line_goes_to_stdout_and_it_names_the_real_port() {
 }
 
 #[tokio::test]
+async fn every_worker_thread_setting_serves_gets_watches_and_exits_cleanly() {
+    // 1 is tokio's current-thread runtime, 0 and 2 its multi-thread one.
+    for threads in [
+        "--worker-threads=1",
+        "--worker-threads=0",
+        "--worker-threads=2",
+    ] {
+        let (api, world) = api_and_world().await;
+        let mut proxy = Proxy::in_cluster(&world, &api, &[threads]).await;
+        let mut watch = support::open_watch(
+            &api,
+            &proxy.url(&format!("{PODS}?watch=1&resourceVersion=1")),
+        )
+        .await;
+        let url = proxy.url(PODS);
+        let gets = (0..8).map(|_| client::get(&url));
+        for resp in futures::future::join_all(gets).await {
+            assert_eq!(resp.status, 200, "{threads}: {}", resp.text());
+        }
+        api.send_watch_event("ADDED", "threads");
+        let event = support::within("the watch event", watch.next_line()).await;
+        let event = event.unwrap_or_else(|| panic!("{threads}: the watch ended"));
+        assert!(event.contains("threads"), "{threads}: {event}");
+        proxy.signal("INT");
+        let status = proxy.wait().await;
+        assert!(
+            status.success(),
+            "{threads}: {status:?}\n{}",
+            proxy.stderr()
+        );
+    }
+}
+
+#[tokio::test]
 async fn an_ipv6_address_with_or_without_brackets_is_printed_bracketed_and_served() {
     if std::net::TcpListener::bind("[::1]:0").is_err() {
         println!("skipping: this machine has no IPv6 loopback");
