@@ -194,7 +194,7 @@ impl H2Pool {
             let conn = match self.acquire() {
                 Some(conn) => conn,
                 // Boxed: dialling (TCP, TLS, handshake) is rare, and inline its state
-                // would make every request's future, held per client connection, kilobytes larger.
+                // would make every request's future kilobytes larger.
                 None => match Box::pin(self.dial_single_flight()).await? {
                     Some(conn) => conn,
                     None => return Ok(Sent::Http1(req)),

@@ -813,10 +813,10 @@ mod future_size {
         std::mem::size_of::<F>()
     }
 
-    /// hyper keeps the service's future in one allocation per client connection for as
-    /// long as the connection lives, sized for its largest state: with a dial (TCP, TLS,
-    /// HTTP/2 handshake) or an exec plugin run inlined it was 12.5 KiB, i.e. 12 MiB for
-    /// 1,000 watches. Rare paths are boxed so that it stays small.
+    /// A request's future is one allocation (the listener boxes it) sized for its largest
+    /// state, whichever path the request takes: with a dial (TCP, TLS, HTTP/2 handshake)
+    /// or an exec plugin run inlined it was 12.5 KiB, and hyper held that much on every
+    /// client connection. Rare paths are boxed where they run so that it stays small.
     #[test]
     fn a_requests_future_stays_small() {
         let size = size_of_future(Proxy::handle);
