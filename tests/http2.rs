@@ -108,13 +108,45 @@ async fn no_request_waits_behind_the_servers_concurrent_stream_limit() {
 }
 
 #[tokio::test]
-async fn without_the_flag_requests_stay_on_http1() {
-    // Explicitly off: the key suites are also run with KUBE_AMBASSADOR_UPSTREAM_HTTP2=true.
+async fn with_upstream_http2_false_requests_stay_on_http1() {
+    // HTTP/2 is the default (every other suite runs with it); this is the opt-out.
     let (api, _world, proxy) = setup(&["--upstream-http2=false"]).await;
     let resp = client::get(&proxy.url(&format!("{PODS}/pod-0"))).await;
     assert_eq!(resp.status, 200);
     assert_eq!(api.h2_connections_total(), 0);
     assert!(api.requests().iter().all(|r| r.version == Version::HTTP_11));
+}
+
+#[tokio::test]
+async fn after_a_goaway_open_watches_go_on_and_new_requests_take_a_new_connection() {
+    // An API server with --goaway-chance, or one that is stopping, sends GOAWAY: the
+    // streams it already has go on; new ones must use another connection.
+    let (api, _world, proxy) = setup(&[]).await;
+    let watch_url = proxy.url(&format!("{PODS}?watch=1&resourceVersion=1"));
+    let mut watch = support::open_watch(&api, &watch_url).await;
+    let before = api.h2_connections_total();
+    assert_eq!(before, 1, "the watch and nothing else");
+
+    api.goaway();
+    // No request is lost meanwhile, whether it reaches the old connection before its
+    // GOAWAY or not; the pool stops using that connection once it sees the GOAWAY.
+    let mut gets = 0;
+    within("a GET over a connection opened after the GOAWAY", async {
+        while api.h2_connections_total() == before {
+            let resp = client::get(&proxy.url(&format!("{PODS}/pod-0"))).await;
+            assert_eq!(resp.status, 200, "GET {gets}: {}", resp.text());
+            gets += 1;
+        }
+    })
+    .await;
+
+    // The watch opened before the GOAWAY still gets events, on the old connection.
+    api.send_watch_event("ADDED", "after-goaway");
+    let event = within("the watch event after the GOAWAY", watch.next_line())
+        .await
+        .expect("the watch went on");
+    assert!(event.contains("after-goaway"), "{event}");
+    assert!(api.requests().iter().all(|r| r.version == Version::HTTP_2));
 }
 
 #[tokio::test]

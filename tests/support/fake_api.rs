@@ -263,6 +263,8 @@ struct State {
     log_gen: watch::Sender<u64>,
     /// Bumped to close every open connection.
     close: watch::Sender<u64>,
+    /// Bumped to shut every open connection down gracefully (HTTP/2: GOAWAY).
+    goaway: watch::Sender<u64>,
     connections: Gauge,
     watches: Gauge,
     upgrades: Gauge,
@@ -361,6 +363,7 @@ impl FakeApi {
             log: Mutex::new(Vec::new()),
             log_gen: watch::Sender::new(0),
             close: watch::Sender::new(0),
+            goaway: watch::Sender::new(0),
             connections: Gauge(watch::Sender::new(0)),
             watches: Gauge(watch::Sender::new(0)),
             upgrades: Gauge(watch::Sender::new(0)),
@@ -396,7 +399,8 @@ impl FakeApi {
                 // `stop()` racing with this accept still closes it.
                 let guard = gauge_inc(&state, |s| &s.connections);
                 let close = state.close.subscribe();
-                tokio::spawn(serve_connection(state.clone(), tcp, guard, close));
+                let goaway = state.goaway.subscribe();
+                tokio::spawn(serve_connection(state.clone(), tcp, guard, close, goaway));
             }
         });
         *self.accept.lock().unwrap() = Some(task);
@@ -432,6 +436,13 @@ impl FakeApi {
         *self.state.tls.write().unwrap() =
             tls_config(&pki, self.state.require_client_cert, self.state.http1_only);
         *self.state.pki.write().unwrap() = pki;
+    }
+
+    /// Shuts every open connection down gracefully, as an API server does with
+    /// `--goaway-chance` or when it stops: over HTTP/2 a GOAWAY, after which the streams
+    /// already open (watches too) go on and new ones must use another connection.
+    pub fn goaway(&self) {
+        self.state.goaway.send_modify(|g| *g += 1);
     }
 
     /// Abruptly closes every open client connection (including upgraded ones and any
@@ -677,6 +688,7 @@ async fn serve_connection(
     tcp: tokio::net::TcpStream,
     guard: GaugeGuard,
     mut close: watch::Receiver<u64>,
+    mut goaway: watch::Receiver<u64>,
 ) {
     let acceptor = TlsAcceptor::from(state.tls.read().unwrap().clone());
     let serve = async {
@@ -710,9 +722,15 @@ async fn serve_connection(
         if let Some(n) = state.max_concurrent_streams {
             builder.http2().max_concurrent_streams(n);
         }
-        let _ = builder
-            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-            .await;
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => {}
+            _ = goaway.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
+        }
     };
     tokio::select! {
         _ = close.changed() => {}
