@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tower_service::Service as _;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::metrics::{Metrics, Open};
 use crate::upstream::Connector;
 
 /// Used when the server's SETTINGS name no limit (RFC 9113 §6.5.2: unlimited), as Go's
@@ -104,6 +105,8 @@ pub struct H2Pool {
     timeout: Duration,
     next_id: AtomicU64,
     builder: http2::Builder<TokioExecutor>,
+    /// Counts the open connections for `/metrics`.
+    metrics: Arc<Metrics>,
 }
 
 struct Conn {
@@ -158,7 +161,12 @@ impl Conn {
 
 impl H2Pool {
     /// `connector` must offer `h2` in ALPN (see [`crate::upstream::connector_h2`]).
-    pub fn new(connector: Connector, origin: Uri, timeout: Duration) -> H2Pool {
+    pub fn new(
+        connector: Connector,
+        origin: Uri,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> H2Pool {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
@@ -177,6 +185,7 @@ impl H2Pool {
             timeout,
             next_id: AtomicU64::new(0),
             builder,
+            metrics,
         }
     }
 
@@ -311,7 +320,9 @@ impl H2Pool {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let conns = Arc::downgrade(&self.conns);
         let driver_shared = shared.clone();
+        let open = self.metrics.open(Open::UpstreamHttp2);
         tokio::spawn(async move {
+            let _open = open;
             if let Err(e) = connection.await {
                 tracing::debug!(conn = id, "HTTP/2 connection to the API server ended: {e}");
             }

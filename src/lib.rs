@@ -112,6 +112,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     };
     let connector = upstream::connector(&upstream, &tls, &opts);
     let client = upstream::client(connector.clone());
+    let metrics = Arc::new(Metrics::default());
     // HTTP/2 needs TLS (ALPN): a plain `http://` upstream stays on HTTP/1.1.
     let h2 = (cli.upstream_http2 && upstream.scheme == http::uri::Scheme::HTTPS)
         .then(|| {
@@ -128,6 +129,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 upstream::connector_h2(&upstream, &tls, &opts),
                 origin,
                 cli.connect_timeout,
+                metrics.clone(),
             )
         });
     let (trigger, shutdown) = shutdown::channel();
@@ -159,7 +161,6 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         None => None,
     };
 
-    let metrics = Arc::new(Metrics::default());
     let times = creds.token_times();
     metrics.token_times(times.issued, times.expiry);
     let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone());

@@ -71,6 +71,7 @@ pub struct Metrics {
     open_connections: AtomicI64,
     active_watches: AtomicI64,
     active_upgrades: AtomicI64,
+    upstream_http2_connections: AtomicI64,
     token_reloads: [AtomicU64; 2],
     ca_reloads: [AtomicU64; 2],
     /// Unix seconds of the token's `exp` claim, 0 if unknown.
@@ -99,6 +100,7 @@ impl Default for Metrics {
             open_connections: AtomicI64::new(0),
             active_watches: AtomicI64::new(0),
             active_upgrades: AtomicI64::new(0),
+            upstream_http2_connections: AtomicI64::new(0),
             token_reloads: Default::default(),
             ca_reloads: Default::default(),
             token_expiry: AtomicI64::new(0),
@@ -117,6 +119,8 @@ pub enum Open {
     Connection,
     Watch,
     Upgrade,
+    /// An HTTP/2 connection to the API server.
+    UpstreamHttp2,
 }
 
 /// Counts one open thing until dropped.
@@ -185,6 +189,7 @@ impl Metrics {
             Open::Connection => &self.open_connections,
             Open::Watch => &self.active_watches,
             Open::Upgrade => &self.active_upgrades,
+            Open::UpstreamHttp2 => &self.upstream_http2_connections,
         }
     }
 
@@ -356,6 +361,12 @@ impl Collector for Metrics {
             "kube_ambassador_active_upgrades",
             "Upgraded connections (exec, attach, port-forward) currently open.",
             self.active_upgrades.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "kube_ambassador_upstream_http2_connections",
+            "HTTP/2 connections to the API server currently open (requests are multiplexed over them).",
+            self.upstream_http2_connections.load(Ordering::Relaxed),
         )?;
         let expiry = self.token_expiry.load(Ordering::Relaxed);
         if expiry > 0 {

@@ -29,6 +29,7 @@ const REFUSED: &str = r#"kube_ambassador_upstream_errors_total{kind="refused"}"#
 const WATCHES: &str = "kube_ambassador_active_watches";
 const UPGRADES: &str = "kube_ambassador_active_upgrades";
 const CONNECTIONS: &str = "kube_ambassador_open_connections";
+const UPSTREAM_H2: &str = "kube_ambassador_upstream_http2_connections";
 const TOKEN_CHANGED: &str = r#"kube_ambassador_token_reloads_total{result="changed"}"#;
 const CA_CHANGED: &str = r#"kube_ambassador_ca_reloads_total{result="changed"}"#;
 const EXPIRY: &str = "kube_ambassador_token_expiry_timestamp_seconds";
@@ -281,6 +282,23 @@ async fn the_active_watches_gauge_is_1_while_a_watch_is_open_and_0_after_it_clos
     drop(watch);
     api.wait_open_watches(0).await;
     wait_metric(&admin, WATCHES, |v| v == 0.0).await;
+}
+
+#[tokio::test]
+async fn the_upstream_http2_gauge_follows_the_connections_to_the_api_server() {
+    let (api, _world, proxy, admin) = setup().await;
+    for _ in 0..3 {
+        assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    }
+    assert_eq!(api.h2_connections_total(), 1, "three GETs, one connection");
+    assert_eq!(Scrape::get(&admin).await.value(UPSTREAM_H2), Some(1.0));
+
+    // The API server drops it: the gauge falls to 0, and the next request opens another.
+    api.close_connections();
+    wait_metric(&admin, UPSTREAM_H2, |v| v == 0.0).await;
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+    assert_eq!(api.h2_connections_total(), 2);
+    assert_eq!(Scrape::get(&admin).await.value(UPSTREAM_H2), Some(1.0));
 }
 
 #[tokio::test]
