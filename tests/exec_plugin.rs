@@ -132,6 +132,23 @@ fn exec_user(api_version: &str, command: &Path, extra: Value) -> Value {
 }
 
 /// A fake API server, a scratch directory and its CA file.
+/// A kubeconfig for `api` whose user runs `plugin` (exec API v1, `extra` fields added).
+fn v1_exec_kubeconfig(
+    world: &World,
+    api: &FakeApi,
+    ca: &Path,
+    plugin: &Path,
+    extra: Value,
+) -> PathBuf {
+    kubeconfig(
+        world,
+        &api.url(),
+        ca,
+        json!({}),
+        exec_user(V1, plugin, extra),
+    )
+}
+
 async fn setup(opts: FakeApiOptions) -> (FakeApi, World, PathBuf) {
     let pem = opts.pki.ca_pem();
     let api = FakeApi::start(opts).await;
@@ -286,13 +303,7 @@ async fn a_client_certificate_from_the_plugin_is_presented_to_an_api_server_that
         &dir,
         &format!("{RECORD}cat \"$D/cred.json\"\n"),
     );
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &plugin, json!({}));
     let proxy = start(&world, &kc, &[]).await;
     for i in 0..2 {
         let resp = client::get(&proxy.url(&format!("/echo/cert-{i}"))).await;
@@ -321,13 +332,7 @@ async fn a_credential_expiring_within_the_renewal_margin_is_renewed_for_every_re
              \"status\":{{\"token\":\"exec-exp-%s\",\"expirationTimestamp\":\"{expiry}\"}}}}' \"$n\"\n"
         ),
     );
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &plugin, json!({}));
     let proxy = start(&world, &kc, &[]).await;
     for i in 1..=3 {
         let resp = client::get(&proxy.url(&format!("/echo/{i}"))).await;
@@ -353,13 +358,7 @@ async fn after_a_401_the_plugin_runs_again_and_the_request_is_retried_with_the_n
              cat \"$D/first.json\"; else cat \"$D/later.json\"; fi\n"
         ),
     );
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &plugin, json!({}));
     let proxy = start(&world, &kc, &[]).await;
     let resp = client::get(&proxy.url("/echo/renewed")).await;
     assert_eq!(echoed_token(&resp), ACCEPTED);
@@ -405,13 +404,7 @@ async fn concurrent_first_requests_run_the_plugin_once() {
             "{RECORD}echo started > \"$D/started\"\nread _go < \"$D/go\"\ncat \"$D/cred.json\"\n"
         ),
     );
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &plugin, json!({}));
     let proxy = start(&world, &kc, &["--exec-timeout=10s"]).await;
     let requests: Vec<_> = (0..N)
         .map(|i| {
@@ -466,13 +459,7 @@ async fn a_plugin_that_does_not_finish_within_exec_timeout_is_stopped_and_the_re
         &dir,
         &format!("{RECORD}exec sleep 600\n"),
     );
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &plugin, json!({}));
     let proxy = start(&world, &kc, &["--exec-timeout=1s"]).await;
     let resp = client::get(&proxy.url("/echo/stuck")).await;
     let message = status_message(&resp, 504, "Timeout");
@@ -498,13 +485,7 @@ async fn a_failing_plugin_is_explained_with_its_stderr_and_the_install_hint() {
         ),
     );
     const HINT: &str = "Install acme-auth: https://acme.example/install";
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({"installHint": HINT})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &plugin, json!({"installHint": HINT}));
     let proxy = start(&world, &kc, &[]).await;
     let resp = client::get(&proxy.url("/echo/failing")).await;
     let message = status_message(&resp, 503, "ServiceUnavailable");
@@ -522,13 +503,7 @@ async fn a_failing_plugin_is_explained_with_its_stderr_and_the_install_hint() {
 
     // A plugin that is not installed: the hint says how to get it.
     let missing = dir.join("not-installed-plugin");
-    let kc = kubeconfig(
-        &world,
-        &api.url(),
-        &ca,
-        json!({}),
-        exec_user(V1, &missing, json!({"installHint": HINT})),
-    );
+    let kc = v1_exec_kubeconfig(&world, &api, &ca, &missing, json!({"installHint": HINT}));
     let proxy = start(&world, &kc, &[]).await;
     let resp = client::get(&proxy.url("/echo/missing")).await;
     let message = status_message(&resp, 503, "ServiceUnavailable");
@@ -552,12 +527,12 @@ async fn interactive_mode_always_is_refused_at_start_up_with_a_clear_message() {
     let (api, world, ca) = setup(FakeApiOptions::new(Pki::new())).await;
     let dir = world.base().to_owned();
     let plugin = write_plugin(&dir.join("interactive-plugin"), &dir, RECORD);
-    let kc = kubeconfig(
+    let kc = v1_exec_kubeconfig(
         &world,
-        &api.url(),
+        &api,
         &ca,
-        json!({}),
-        exec_user(V1, &plugin, json!({"interactiveMode": "Always"})),
+        &plugin,
+        json!({"interactiveMode": "Always"}),
     );
     let stderr = start_expect_exit_1(&world, &kc).await;
     assert!(stderr.contains("interactiveMode: Always"), "{stderr}");
