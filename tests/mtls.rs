@@ -120,6 +120,15 @@ async fn client_certificate_and_key_files_relative_to_the_kubeconfig_are_present
     assert_eq!(resp.json()["kind"], "Status");
 }
 
+/// The user fields of a kubeconfig carrying a certificate and key inline (base64).
+fn cert_data_user(cert: &[u8], key: &[u8]) -> String {
+    format!(
+        "    client-certificate-data: {}\n    client-key-data: {}\n",
+        q(base64(cert)),
+        q(base64(key))
+    )
+}
+
 #[tokio::test]
 async fn client_certificate_data_and_client_key_data_are_presented() {
     let (api, pki, world, ca) = setup(&[]).await;
@@ -128,11 +137,7 @@ async fn client_certificate_data_and_client_key_data_are_presented() {
         &world,
         &api,
         &ca,
-        &format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            q(base64(cert.as_bytes())),
-            q(base64(key.as_bytes()))
-        ),
+        &cert_data_user(cert.as_bytes(), key.as_bytes()),
     );
     let proxy = start(&world, &[&kc_arg(&kc)]).await;
     let resp = client::get(&proxy.url("/echo/data")).await;
@@ -149,11 +154,7 @@ async fn the_client_certificate_flags_win_over_the_kubeconfigs_pair() {
         &world,
         &api,
         &ca,
-        &format!(
-            "    client-certificate-data: {}\n    client-key-data: {}\n",
-            q(base64(kc_cert.as_bytes())),
-            q(base64(kc_key.as_bytes()))
-        ),
+        &cert_data_user(kc_cert.as_bytes(), kc_key.as_bytes()),
     );
     let cert_arg = format!(
         "--client-certificate={}",
