@@ -10,7 +10,7 @@
 
 mod support;
 
-use support::{assert_no_secrets, echoed_token, path_str};
+use support::{assert_no_secrets, echoed_token, path_str, status_message};
 
 use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use support::client;
 use support::fake_api::base64;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, Resp, World, within};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 
 const V1: &str = "client.authentication.k8s.io/v1";
 const V1BETA1: &str = "client.authentication.k8s.io/v1beta1";
@@ -164,15 +164,6 @@ async fn start(world: &World, kubeconfig: &Path, extra: &[&str]) -> Proxy {
     args.extend_from_slice(extra);
     let home = path_str(world.base());
     Proxy::start(&args, &[("HOME", &home)]).await
-}
-
-/// A Status error from the proxy: checks the code and reason, returns the message.
-fn status_message(resp: &Resp, code: u16, reason: &str) -> String {
-    assert_eq!(resp.status.as_u16(), code, "{}", resp.text());
-    let status = resp.json();
-    assert_eq!(status["kind"], "Status", "{status}");
-    assert_eq!(status["reason"], reason, "{status}");
-    status["message"].as_str().unwrap_or("").to_owned()
 }
 
 /// The key material of a PEM private key (its base64 lines).

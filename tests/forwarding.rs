@@ -17,7 +17,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use support::client::{self, AbortOnDrop};
 use support::fake_api::pattern_bytes;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, echoed_headers, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -31,21 +31,6 @@ async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
     (api, world, proxy)
-}
-
-/// All values of header `name` in an `/echo` answer (its `headers` is `[[name, value]...]`).
-fn echoed(echo: &Value, name: &str) -> Vec<String> {
-    echo["headers"]
-        .as_array()
-        .expect("echo has headers")
-        .iter()
-        .filter(|pair| {
-            pair[0]
-                .as_str()
-                .is_some_and(|n| n.eq_ignore_ascii_case(name))
-        })
-        .map(|pair| pair[1].as_str().expect("header value").to_owned())
-        .collect()
 }
 
 /// Sends `request` verbatim to the proxy and parses the one response.
@@ -100,7 +85,7 @@ async fn path_and_query_are_forwarded_byte_for_byte_with_percent_encoding_kept()
 fn upstream_host(echo: &Value) -> Vec<String> {
     if echo["version"] == "HTTP/2.0" {
         assert!(
-            echoed(echo, "host").is_empty(),
+            echoed_headers(echo, "host").is_empty(),
             "Host beside :authority: {echo}"
         );
         vec![echo["authority"].as_str().expect("authority").to_owned()]
@@ -111,7 +96,7 @@ fn upstream_host(echo: &Value) -> Vec<String> {
             Value::Null,
             "origin-form upstream: {echo}"
         );
-        echoed(echo, "host")
+        echoed_headers(echo, "host")
     }
 }
 
@@ -172,14 +157,18 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_headers_kept() {
         "transfer-encoding",
     ] {
         assert!(
-            echoed(&echo, gone).is_empty(),
+            echoed_headers(&echo, gone).is_empty(),
             "{gone} was forwarded: {echo}"
         );
     }
-    assert_eq!(echoed(&echo, "te"), ["trailers"], "TE: trailers is kept");
-    assert_eq!(echoed(&echo, "x-end-to-end"), ["kept"]);
-    assert_eq!(echoed(&echo, "accept"), ["application/json"]);
-    assert_eq!(echoed(&echo, "cache-control"), ["no-cache"]);
+    assert_eq!(
+        echoed_headers(&echo, "te"),
+        ["trailers"],
+        "TE: trailers is kept"
+    );
+    assert_eq!(echoed_headers(&echo, "x-end-to-end"), ["kept"]);
+    assert_eq!(echoed_headers(&echo, "accept"), ["application/json"]);
+    assert_eq!(echoed_headers(&echo, "cache-control"), ["no-cache"]);
 
     // TE without `trailers` is dropped altogether.
     let resp = raw(
@@ -188,31 +177,44 @@ async fn hop_by_hop_headers_are_dropped_and_end_to_end_headers_kept() {
     )
     .await;
     assert_eq!(resp.status, 200, "{resp:?}");
-    assert!(echoed(&resp.json(), "te").is_empty(), "{:?}", resp.body);
+    assert!(
+        echoed_headers(&resp.json(), "te").is_empty(),
+        "{:?}",
+        resp.body
+    );
 }
 
 #[tokio::test]
 async fn x_forwarded_for_gets_the_client_address_appended() {
     let (_api, _world, proxy) = setup(&[]).await;
     let resp = client::get(&proxy.url("/echo/xff")).await;
-    assert_eq!(echoed(&resp.json(), "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(
+        echoed_headers(&resp.json(), "x-forwarded-for"),
+        ["127.0.0.1"]
+    );
 
     let resp = client::get_with(&proxy.url("/echo/xff"), &[("x-forwarded-for", "1.2.3.4")]).await;
     assert_eq!(
-        echoed(&resp.json(), "x-forwarded-for"),
+        echoed_headers(&resp.json(), "x-forwarded-for"),
         ["1.2.3.4, 127.0.0.1"]
     );
     // No other forwarding headers are invented.
     let echo = resp.json();
-    assert!(echoed(&echo, "x-forwarded-host").is_empty(), "{echo}");
-    assert!(echoed(&echo, "x-forwarded-proto").is_empty(), "{echo}");
+    assert!(
+        echoed_headers(&echo, "x-forwarded-host").is_empty(),
+        "{echo}"
+    );
+    assert!(
+        echoed_headers(&echo, "x-forwarded-proto").is_empty(),
+        "{echo}"
+    );
 }
 
 #[tokio::test]
 async fn a_user_agent_is_added_only_when_the_client_sent_none() {
     let (_api, _world, proxy) = setup(&[]).await;
     let resp = client::get(&proxy.url("/echo/ua")).await;
-    let agents = echoed(&resp.json(), "user-agent");
+    let agents = echoed_headers(&resp.json(), "user-agent");
     assert_eq!(agents.len(), 1, "{agents:?}");
     assert!(agents[0].starts_with("kube-ambassador/"), "{agents:?}");
 
@@ -221,7 +223,10 @@ async fn a_user_agent_is_added_only_when_the_client_sent_none() {
         &[("user-agent", "my-app/1.2 (linux)")],
     )
     .await;
-    assert_eq!(echoed(&resp.json(), "user-agent"), ["my-app/1.2 (linux)"]);
+    assert_eq!(
+        echoed_headers(&resp.json(), "user-agent"),
+        ["my-app/1.2 (linux)"]
+    );
 }
 
 #[tokio::test]
@@ -232,7 +237,7 @@ async fn the_callers_own_authorization_header_wins_over_the_service_account_toke
     assert_eq!(resp.status, 200, "{}", resp.text());
     let echo = resp.json();
     assert_eq!(echo["token"], CALLER_TOKEN);
-    assert_eq!(echoed(&echo, "authorization"), [bearer]);
+    assert_eq!(echoed_headers(&echo, "authorization"), [bearer]);
     assert!(!resp.text().contains(TOKEN), "the SA token went upstream");
 
     // A caller's credential the API server refuses is refused, not replaced.
@@ -256,7 +261,10 @@ async fn the_service_account_token_is_sent_when_the_caller_sends_none() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let echo = resp.json();
     assert_eq!(echo["token"], TOKEN);
-    assert_eq!(echoed(&echo, "authorization"), [format!("Bearer {TOKEN}")]);
+    assert_eq!(
+        echoed_headers(&echo, "authorization"),
+        [format!("Bearer {TOKEN}")]
+    );
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@
 
 mod support;
 
-use support::{assert_no_secrets, echoed_token, path_str};
+use support::{assert_no_secrets, echoed_token, path_str, status_message};
 
 use std::path::{Path, PathBuf};
 
@@ -76,22 +76,7 @@ fn kc_arg(path: &Path) -> String {
 /// All values of header `name` that the fake API's `/echo` reports.
 fn echoed_header(resp: &Resp, name: &str) -> Vec<String> {
     assert_eq!(resp.status, 200, "{}", resp.text());
-    resp.json()["headers"]
-        .as_array()
-        .expect("headers array")
-        .iter()
-        .filter(|h| h[0].as_str().is_some_and(|n| n.eq_ignore_ascii_case(name)))
-        .map(|h| h[1].as_str().unwrap_or("").to_owned())
-        .collect()
-}
-
-/// A Status error from the proxy: checks the code and reason, returns the message.
-fn status_message(resp: &Resp, code: u16, reason: &str) -> String {
-    assert_eq!(resp.status.as_u16(), code, "{}", resp.text());
-    let status = resp.json();
-    assert_eq!(status["kind"], "Status", "{status}");
-    assert_eq!(status["reason"], reason, "{status}");
-    status["message"].as_str().unwrap_or("").to_owned()
+    support::echoed_headers(&resp.json(), name)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -104,6 +104,30 @@ pub fn assert_no_secrets(proxy: &Proxy, secrets: &[&str]) {
     }
 }
 
+/// All values of header `name` in an `/echo` answer (its `headers` is `[[name, value]...]`).
+pub fn echoed_headers(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    echo["headers"]
+        .as_array()
+        .expect("echo has headers")
+        .iter()
+        .filter(|pair| {
+            pair[0]
+                .as_str()
+                .is_some_and(|n| n.eq_ignore_ascii_case(name))
+        })
+        .map(|pair| pair[1].as_str().expect("header value").to_owned())
+        .collect()
+}
+
+/// A Status error from the proxy: checks the code and reason, returns the message.
+pub fn status_message(resp: &Resp, code: u16, reason: &str) -> String {
+    assert_eq!(resp.status.as_u16(), code, "{}", resp.text());
+    let status = resp.json();
+    assert_eq!(status["kind"], "Status", "{status}");
+    assert_eq!(status["reason"], reason, "{status}");
+    status["message"].as_str().unwrap_or("").to_owned()
+}
+
 /// The token the fake API's `/echo` saw, after checking the request got through.
 pub fn echoed_token(resp: &Resp) -> String {
     assert_eq!(resp.status, 200, "{}", resp.text());
