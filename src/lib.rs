@@ -197,6 +197,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 
     // Handlers in place before the line below: a script may signal as soon as it reads it.
     let mut signals = shutdown::Signals::new();
+    // Start-up's scratch memory (config, regexes, TLS set-up) goes back before serving.
+    memory::trim();
     // Scripts wait for exactly this line on stdout.
     {
         let mut out = std::io::stdout().lock();
