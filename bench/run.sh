@@ -17,6 +17,7 @@
 #   BENCH_PORT_BASE=18001  kube-ambassador on BASE, kubectl proxy on BASE+1, nginx on BASE+3,
 #                          start-ups on BASE+10
 #   BENCH_NGINX=0          leave out the nginx target (skipped anyway where nginx is missing)
+#   BENCH_STATIC=0         skip building the image's static binary (its idle RSS row)
 #   BENCH_OUT=bench/results.md   the report (the raw samples go beside it as .tsv)
 #   BENCH_KEEP=1           keep the scratch directory (logs of all the servers)
 #   BENCH_KA_ARGS='…'      extra kube-ambassador flags (word-split), e.g. to compare an option
@@ -93,7 +94,18 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((2 * WATCHES + 256)
 fi
 
 log "building release binaries"
-cargo build --release --locked --bin kube-ambassador --example fake-apiserver --example bench-client >&2
+# Two commands: built with the examples, the binary's dependencies would also take the
+# dev-dependencies' features, so it would not be the binary `cargo build --release` makes.
+cargo build --release --locked --example fake-apiserver --example bench-client >&2
+cargo build --release --locked --bin kube-ambassador >&2
+# The image's binary too (static glibc, as the Dockerfile builds it), for its idle RSS:
+# without the shared libraries' pages, and with its own hot-code list (build.rs).
+STATIC_BIN=
+if [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
+  RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build --release --locked --target x86_64-unknown-linux-gnu --bin kube-ambassador >&2
+  STATIC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/kube-ambassador
+fi
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 CLIENT=$BIN/examples/bench-client
 
@@ -303,6 +315,16 @@ sleep 1
 for t in "${TARGETS[@]:1}"; do
   rec 1 idle "$t" rss_kib "$(rss_of "$(pid_of "$t")")"
 done
+if [ -n "$STATIC_BIN" ]; then
+  KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
+    "$STATIC_BIN" --service-account-dir="$SA" --port="$PORT_SU" "${KA_ARGS[@]}" >>"$WORK/static.log" 2>&1 &
+  static_pid=$!
+  wait_ok "http://127.0.0.1:$PORT_SU$POD_PATH"
+  sleep 1
+  rec 1 idle-static kube-ambassador rss_kib "$(rss_of "$static_pid")"
+  kill "$static_pid"
+  wait "$static_pid" 2>/dev/null || true
+fi
 
 rotation() {  # round -> the targets, starting one further each round
   local r=$1 n=${#TARGETS[@]} i

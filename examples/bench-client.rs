@@ -578,6 +578,7 @@ const ROWS: &[Row] = &[
     Row { label: "256 MiB response: proxy RSS growth", workload: "bytes256", metric: "rss_growth_kib", unit: "KiB", scale: 1.0, better: "↓", vs: Vs::None },
     Row { label: "256 MiB response: proxy CPU", workload: "bytes256", metric: "cpu_secs", unit: "ms", scale: 1000.0, better: "↓", vs: Vs::None },
     Row { label: "idle RSS (fresh, after 1 request)", workload: "idle", metric: "rss_kib", unit: "MiB", scale: 1.0 / 1024.0, better: "↓", vs: Vs::None },
+    Row { label: "idle RSS, the image's static binary", workload: "idle-static", metric: "rss_kib", unit: "MiB", scale: 1.0 / 1024.0, better: "↓", vs: Vs::None },
     Row { label: "RSS holding the watches", workload: "watches", metric: "rss_max_kib", unit: "MiB", scale: 1.0 / 1024.0, better: "↓", vs: Vs::None },
     Row { label: "watch event latency p50", workload: "watches", metric: "latency_p50_us", unit: "ms", scale: 0.001, better: "↓", vs: Vs::Added },
     Row { label: "watch event latency p99", workload: "watches", metric: "latency_p99_us", unit: "ms", scale: 0.001, better: "↓", vs: Vs::Added },
