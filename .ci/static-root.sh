@@ -20,6 +20,13 @@ if readelf -lW "$bin" | grep 'program interpreter' >/dev/null; then
   echo "static-root: $bin is dynamically linked" >&2
   exit 1
 fi
+# build.rs packs the relocations (DT_RELR) where the glibc linked against knows them
+# (2.36 and later): then the binary must carry them, or the link tuning was lost.
+glibc=$(getconf GNU_LIBC_VERSION 2>/dev/null | sed -n 's/^glibc 2\.\([0-9]*\).*/\1/p')
+if [[ -n "$glibc" && "$glibc" -ge 36 ]] && ! readelf -dW "$bin" | grep '(RELR)' >/dev/null; then
+  echo "static-root: $bin has no DT_RELR relocations: build.rs's link tuning was not applied" >&2
+  exit 1
+fi
 
 work=$(mktemp -d)
 root="$work/root"
@@ -58,6 +65,9 @@ if [[ -z "$addr" ]]; then
 fi
 body=$(curl -sf "http://$addr/api/v1/namespaces/default/pods")
 grep -q '"kind":"PodList"' <<<"$body" || { echo "static-root: unexpected answer: $body" >&2; exit 1; }
+# For the record (not a pass/fail criterion: memory is the benchmark's business).
+rss=$(awk '/^VmRSS:/ {print $2 " " $3}' "/proc/$proxy/status" 2>/dev/null || true)
+echo "static-root: resident after one request: ${rss:-unknown}"
 kill -TERM "$proxy"
 status=0
 wait "$proxy" || status=$?
