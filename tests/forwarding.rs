@@ -491,3 +491,59 @@ async fn http_1_0_client_gets_an_unchunked_response(args: &[&str], upstream: htt
     let seen = api.wait_for_request(|s| s.path == "/bytes").await;
     assert_eq!(seen.version, upstream);
 }
+
+/// The listener tells the protocols apart by the client's first bytes: HTTP/2 with prior
+/// knowledge ("h2c") and HTTP/1.1 both work, including a request whose first segment is
+/// only the start of the HTTP/2 preface, "P" (a `POST`, `PUT` or `PATCH` could begin so).
+#[tokio::test]
+async fn http2_prior_knowledge_and_http1_clients_are_both_served() {
+    let (api, _world, proxy) = setup(&[]).await;
+    let addr = proxy.socket_addr();
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2c handshake with the proxy");
+    let _conn = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    for _ in 0..2 {
+        let req = http::Request::get(format!("http://{addr}/api/v1/namespaces/default/pods"))
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let resp = within("an h2c GET", sender.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap();
+        let list: Value = serde_json::from_slice(&body.to_bytes()).unwrap();
+        assert_eq!(list["kind"], "PodList", "{list}");
+    }
+
+    // A POST sent as "P", then the rest: the first bytes match the preface's "P".
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let body = r#"{"kind":"Pod","metadata":{"name":"split-post"}}"#;
+    let rest = format!(
+        "OST /api/v1/namespaces/default/pods HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(b"P").await.unwrap();
+    stream.write_all(rest.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    within("the split POST's answer", stream.read_to_end(&mut out))
+        .await
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 201"), "{out:.300}");
+    let seen = api
+        .wait_for_request(|s| s.method == "POST" && s.path == "/api/v1/namespaces/default/pods")
+        .await;
+    assert_eq!(seen.version, http::Version::HTTP_2);
+}
