@@ -37,6 +37,19 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected_after_the_head
 }
 
 #[tokio::test]
+async fn a_client_that_connects_and_sends_nothing_is_disconnected_after_the_header_timeout() {
+    let (_api, _world, proxy) = setup(&["--header-read-timeout=1s"]).await;
+    let mut silent = TcpStream::connect(proxy.socket_addr()).await.unwrap();
+    let closed = within(
+        "the silent connection to be closed",
+        read_to_close(&mut silent),
+    )
+    .await;
+    assert!(closed.is_empty(), "{}", String::from_utf8_lossy(&closed));
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_but_a_watch_outlives_the_timeout() {
     let (api, _world, proxy) = setup(&["--header-read-timeout=1s"]).await;
     let mut watch = support::open_watch(
