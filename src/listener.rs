@@ -333,25 +333,32 @@ struct Builders {
     header_timeout: Option<Duration>,
 }
 
+/// Which server a connection goes to.
+enum Server {
+    /// Its first bytes cannot begin HTTP/2's preface: hyper's HTTP/1 server takes it.
+    Http1,
+    /// The general server, which tells HTTP/1.1 from h2c itself.
+    Detect,
+}
+
 /// A client connection's stream.
 trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
-    /// Looks at the client's first bytes without consuming them: `Some(true)` when they
-    /// cannot begin HTTP/2's preface, so the connection is HTTP/1.1 and hyper's HTTP/1
-    /// server can take it directly; `Some(false)` when the general path must tell. `None`
-    /// closes the connection: nothing arrived within the header read timeout (slowloris).
+    /// Looks at the client's first bytes without consuming them to choose the [`Server`].
+    /// `None` closes the connection: nothing arrived within the header read timeout
+    /// (slowloris).
     ///
     /// Why not always the general path: it reads the first 24 bytes on their own to tell
     /// the protocols apart, and hyper, reading the rest of the request after them, grows
     /// its read buffer from 8 to 16 KiB, which a watch then holds for its lifetime. Served
     /// directly, 1,000 watches hold about 3 MiB less.
-    async fn http1_only(&self, header_timeout: Option<Duration>) -> Option<bool>;
+    async fn server(&self, header_timeout: Option<Duration>) -> Option<Server>;
 }
 
 /// The HTTP/2 connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 impl ClientStream for TcpStream {
-    async fn http1_only(&self, header_timeout: Option<Duration>) -> Option<bool> {
+    async fn server(&self, header_timeout: Option<Duration>) -> Option<Server> {
         let mut first = [0u8; H2_PREFACE.len()];
         let peeked = match header_timeout {
             Some(limit) => tokio::time::timeout(limit, self.peek(&mut first))
@@ -359,18 +366,19 @@ impl ClientStream for TcpStream {
                 .ok()?,
             None => self.peek(&mut first).await,
         };
-        match peeked {
-            Ok(n) if n > 0 => Some(!H2_PREFACE.starts_with(&first[..n])),
-            // End of stream or an error: the general path ends it as it always has.
-            _ => Some(false),
-        }
+        Some(match peeked {
+            Ok(n) if n > 0 && !H2_PREFACE.starts_with(&first[..n]) => Server::Http1,
+            // A possible preface, or end of stream or an error: the general path tells,
+            // or ends the connection as it always has.
+            _ => Server::Detect,
+        })
     }
 }
 
 /// tokio's unix stream cannot peek; its few clients take the general path.
 impl ClientStream for UnixStream {
-    async fn http1_only(&self, _: Option<Duration>) -> Option<bool> {
-        Some(false)
+    async fn server(&self, _: Option<Duration>) -> Option<Server> {
+        Some(Server::Detect)
     }
 }
 
@@ -433,11 +441,11 @@ async fn connection<S>(
 {
     let _guard = shutdown.guard();
     let _open = proxy.metrics.open(Open::Connection);
-    let http1_only = tokio::select! {
-        http1_only = stream.http1_only(builders.header_timeout) => http1_only,
-        () = shutdown.stopping() => return,
+    let server = tokio::select! {
+        server = stream.server(builders.header_timeout) => server,
+        () = shutdown.stopping() => None,
     };
-    let Some(http1_only) = http1_only else {
+    let Some(server) = server else {
         return;
     };
     // Boxed per request: hyper keeps the service future's slot allocated for the whole
@@ -445,27 +453,23 @@ async fn connection<S>(
     // connection, watches included; a box is freed as soon as the response head is out.
     let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer)));
     let io = TokioIo::new(stream);
-    let result = if http1_only {
-        let conn = builders.http1.serve_connection(io, service).with_upgrades();
-        drive(conn, &shutdown, |c| c.graceful_shutdown()).await
-    } else {
-        // Boxed: h2c and unix-socket clients are few, and inline this branch's state
-        // would make every connection's task as large as it (about a kilobyte more).
-        let conn = builders.auto.serve_connection_with_upgrades(io, service);
-        Box::pin(drive(conn, &shutdown, |c| c.graceful_shutdown())).await
-    };
-    if let Err(e) = result {
-        tracing::debug!("client connection ended: {e}");
+    match server {
+        Server::Http1 => {
+            let conn = builders.http1.serve_connection(io, service).with_upgrades();
+            drive(conn, &shutdown, |c| c.graceful_shutdown()).await;
+        }
+        Server::Detect => {
+            // Boxed: h2c and unix-socket clients are few, and inline this branch's state
+            // would make every connection's task as large as it (about a kilobyte more).
+            let conn = builders.auto.serve_connection_with_upgrades(io, service);
+            Box::pin(drive(conn, &shutdown, |c| c.graceful_shutdown())).await;
+        }
     }
 }
 
 /// Runs a connection to its end; when shutdown starts, the request in flight finishes
 /// and the connection closes (an idle keep-alive one closes at once).
-async fn drive<C, E>(
-    conn: C,
-    shutdown: &Shutdown,
-    graceful: impl FnOnce(Pin<&mut C>),
-) -> Result<(), String>
+async fn drive<C, E>(conn: C, shutdown: &Shutdown, graceful: impl FnOnce(Pin<&mut C>))
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -478,7 +482,9 @@ where
             conn.await
         }
     };
-    result.map_err(|e| e.to_string())
+    if let Err(e) = result {
+        tracing::debug!("client connection ended: {e}");
+    }
 }
 
 #[cfg(test)]
