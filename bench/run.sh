@@ -113,7 +113,7 @@ CLIENT=$BIN/examples/bench-client
 WORK=$(mktemp -d -t ka-bench.XXXXXX)
 RAW=$WORK/raw.tsv
 : >"$RAW"
-FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER=''
+FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER='' STATIC_PID=''
 # nginx daemonizes: its master (NG_PID) is not our child. TERM makes it stop its worker
 # (NG_WORKER, the process measured); whatever is left after a second is killed.
 stop_ng() {
@@ -132,7 +132,7 @@ stop_ng() {
 cleanup() {
   local pid
   stop_ng
-  for pid in "$KA_PID" "$KC_PID" "$FAKE_PID"; do
+  for pid in "$KA_PID" "$KC_PID" "$STATIC_PID" "$FAKE_PID"; do
     [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -217,9 +217,13 @@ wait_ok() {  # URL [bench-client args]
   die "no 200 from $1"
 }
 
-start_ka() {
+# kube-ambassador in the background, in front of the fake: BINARY PORT LOG.
+spawn_ka() {
   KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
-    "$BIN/kube-ambassador" --service-account-dir="$SA" --port="$PORT_KA" "${KA_ARGS[@]}" >>"$WORK/kube-ambassador.log" 2>&1 &
+    "$1" --service-account-dir="$SA" --port="$2" "${KA_ARGS[@]}" >>"$3" 2>&1 &
+}
+start_ka() {
+  spawn_ka "$BIN/kube-ambassador" "$PORT_KA" "$WORK/kube-ambassador.log"
   KA_PID=$!
   wait_ok "http://127.0.0.1:$PORT_KA$POD_PATH"
 }
@@ -316,14 +320,14 @@ for t in "${TARGETS[@]:1}"; do
   rec 1 idle "$t" rss_kib "$(rss_of "$(pid_of "$t")")"
 done
 if [ -n "$STATIC_BIN" ]; then
-  KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
-    "$STATIC_BIN" --service-account-dir="$SA" --port="$PORT_SU" "${KA_ARGS[@]}" >>"$WORK/static.log" 2>&1 &
-  static_pid=$!
+  spawn_ka "$STATIC_BIN" "$PORT_SU" "$WORK/static.log"
+  STATIC_PID=$!
   wait_ok "http://127.0.0.1:$PORT_SU$POD_PATH"
   sleep 1
-  rec 1 idle-static kube-ambassador rss_kib "$(rss_of "$static_pid")"
-  kill "$static_pid"
-  wait "$static_pid" 2>/dev/null || true
+  rec 1 idle-static kube-ambassador rss_kib "$(rss_of "$STATIC_PID")"
+  kill "$STATIC_PID"
+  wait "$STATIC_PID" 2>/dev/null || true
+  STATIC_PID=''
 fi
 
 rotation() {  # round -> the targets, starting one further each round
