@@ -60,6 +60,24 @@ async fn every_method_reaches_the_api_server_with_the_same_method_and_body() {
 }
 
 #[tokio::test]
+async fn the_api_server_is_offered_aes_128_first_as_kubectl_does() {
+    // The fake, like rustls servers by default, takes the client's first suite it supports.
+    for args in [&[][..], &["--upstream-http2=false"][..]] {
+        let (api, _world, proxy) = setup(args).await;
+        let resp = client::get(&proxy.url("/api/v1/namespaces/default/pods")).await;
+        assert_eq!(resp.status, 200, "{args:?}");
+        let seen = api
+            .wait_for_request(|s| s.path == "/api/v1/namespaces/default/pods")
+            .await;
+        assert_eq!(
+            seen.tls_suite.as_deref(),
+            Some("TLS13_AES_128_GCM_SHA256"),
+            "{args:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn path_and_query_are_forwarded_byte_for_byte_with_percent_encoding_kept() {
     let (_api, _world, proxy) = setup(&[]).await;
     let target = "/echo/a%20b/c%2Fd?x=%2F&y=a+b&z";

@@ -144,6 +144,8 @@ pub struct Seen {
     pub client_cn: Option<String>,
     /// Whether the request was authenticated (token, client cert, or public path).
     pub authorized: bool,
+    /// The TLS cipher suite of the connection it came on, e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub tls_suite: Option<String>,
     pub version: Version,
     pub body_len: u64,
     pub body_sha256: String,
@@ -678,6 +680,7 @@ fn watch_line(event_type: &str, object: &Value) -> Bytes {
 /// Per-connection facts the handler needs.
 struct ConnInfo {
     client_cn: Option<String>,
+    tls_suite: Option<String>,
     has_client_cert: bool,
     // Keeps the connection counted while any clone lives (an upgrade task holds one).
     _guard: GaugeGuard,
@@ -704,8 +707,14 @@ async fn serve_connection(
         let client_cn = cert
             .as_deref()
             .and_then(|c| state.pki.read().unwrap().client_cn(c));
+        let tls_suite = tls
+            .get_ref()
+            .1
+            .negotiated_cipher_suite()
+            .map(|s| format!("{:?}", s.suite()));
         let conn = Arc::new(ConnInfo {
             client_cn,
+            tls_suite,
             has_client_cert: cert.is_some(),
             _guard: guard,
         });
@@ -820,6 +829,7 @@ fn seen_of<B>(req: &Request<B>, conn: &ConnInfo, token: Option<String>, authoriz
         token,
         client_cn: conn.client_cn.clone(),
         authorized,
+        tls_suite: conn.tls_suite.clone(),
         version: req.version(),
         body_len: 0,
         body_sha256: hex(&Sha256::digest(b"")),
