@@ -13,11 +13,12 @@
 #   BENCH_WATCH_SECONDS=20 how long they are held
 #   BENCH_WATCH_ROUNDS=1   rounds of the watch workload
 #   BENCH_STARTUPS=2       start-up measurements per proxy per round
-#   BENCH_TICK_MS=100      watch event period of the fake API server
+#   BENCH_TICK_MS=100      fan-out workload: period of the event sent to all the watches
 #   BENCH_PORT_BASE=18001  kube-ambassador on BASE, kubectl proxy on BASE+1, nginx on BASE+3,
 #                          start-ups on BASE+10
 #   BENCH_NGINX=0          leave out the nginx target (skipped anyway where nginx is missing)
-#   BENCH_STATIC=0         skip building the image's static binary (its idle RSS row)
+#   BENCH_STATIC=0         measure `cargo build --release`'s binary instead of the image's
+#                          (static glibc; built only on x86_64)
 #   BENCH_OUT=bench/results.md   the report (the raw samples go beside it as .tsv)
 #   BENCH_KEEP=1           keep the scratch directory (logs of all the servers)
 #   BENCH_KA_ARGS='…'      extra kube-ambassador flags (word-split), e.g. to compare an option
@@ -44,7 +45,11 @@ TOKEN=demo-token
 POD_PATH=/api/v1/namespaces/default/pods/pod-0
 LIST_PATH=/api/v1/namespaces/default/pods
 BYTES_PATH='/bytes?n=268435456'
-WATCH_PATH='/api/v1/namespaces/bench-ticks/pods?watch=1&resourceVersion=1'
+# One namespace per watch ({i}: bench-client puts the watch's number there), with the
+# fake's --spread sending one event a millisecond to each namespace in turn; and one
+# namespace for all, with --tick-ms sending each event to every watch at once.
+WATCH_PATH='/api/v1/namespaces/bench-spread-{i}/pods?watch=1&resourceVersion=1'
+FANOUT_PATH='/api/v1/namespaces/bench-ticks/pods?watch=1&resourceVersion=1'
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -98,22 +103,25 @@ log "building release binaries"
 # dev-dependencies' features, so it would not be the binary `cargo build --release` makes.
 cargo build --release --locked --example fake-apiserver --example bench-client >&2
 cargo build --release --locked --bin kube-ambassador >&2
-# The image's binary too (static glibc, as the Dockerfile builds it), for its idle RSS:
-# without the shared libraries' pages, and with its own hot-code list (build.rs).
-STATIC_BIN=
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+# The binary measured is the one the image ships (static glibc, as the Dockerfile builds
+# it, with its own hot-code list: build.rs). `cargo build --release`'s binary, which maps
+# the shared glibc too, gets an idle RSS row of its own (OTHER_BIN).
+KA_BIN=$BIN/kube-ambassador KA_BUILD='cargo build --release (glibc shared)' OTHER_BIN=
 if [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin kube-ambassador >&2
-  STATIC_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/kube-ambassador
+  OTHER_BIN=$KA_BIN
+  KA_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/kube-ambassador
+  KA_BUILD="the image's (static glibc, x86_64-unknown-linux-gnu)"
 fi
-BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 CLIENT=$BIN/examples/bench-client
 
 # ---------------------------------------------------------------------------- scratch, cleanup
 WORK=$(mktemp -d -t ka-bench.XXXXXX)
 RAW=$WORK/raw.tsv
 : >"$RAW"
-FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER='' STATIC_PID=''
+FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER='' OTHER_PID=''
 # nginx daemonizes: its master (NG_PID) is not our child. TERM makes it stop its worker
 # (NG_WORKER, the process measured); whatever is left after a second is killed.
 stop_ng() {
@@ -132,7 +140,7 @@ stop_ng() {
 cleanup() {
   local pid
   stop_ng
-  for pid in "$KA_PID" "$KC_PID" "$STATIC_PID" "$FAKE_PID"; do
+  for pid in "$KA_PID" "$KC_PID" "$OTHER_PID" "$FAKE_PID"; do
     [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -155,8 +163,8 @@ calc() { awk "BEGIN { printf \"%.6g\", $1 }"; }
 kv() { sed -n "s/^$1=//p" "$2" | head -1; }  # value of key=value line in a file
 
 # ---------------------------------------------------------------------------- servers
-log "starting the fake API server (500 pods, a watch event every $TICK_MS ms)"
-"$BIN/examples/fake-apiserver" --dir "$WORK/fake" --pods 500 --tick-ms "$TICK_MS" --quiet \
+log "starting the fake API server (500 pods; watch events: one a millisecond spread over $WATCHES namespaces, and one to all every $TICK_MS ms)"
+"$BIN/examples/fake-apiserver" --dir "$WORK/fake" --pods 500 --tick-ms "$TICK_MS" --spread "$WATCHES" --quiet \
   >"$WORK/fake.env" 2>"$WORK/fake.log" &
 FAKE_PID=$!
 for _ in $(seq 100); do grep -q '^KUBECONFIG=' "$WORK/fake.env" 2>/dev/null && break; sleep 0.1; done
@@ -223,7 +231,7 @@ spawn_ka() {
     "$1" --service-account-dir="$SA" --port="$2" "${KA_ARGS[@]}" >>"$3" 2>&1 &
 }
 start_ka() {
-  spawn_ka "$BIN/kube-ambassador" "$PORT_KA" "$WORK/kube-ambassador.log"
+  spawn_ka "$KA_BIN" "$PORT_KA" "$WORK/kube-ambassador.log"
   KA_PID=$!
   wait_ok "http://127.0.0.1:$PORT_KA$POD_PATH"
 }
@@ -319,15 +327,15 @@ sleep 1
 for t in "${TARGETS[@]:1}"; do
   rec 1 idle "$t" rss_kib "$(rss_of "$(pid_of "$t")")"
 done
-if [ -n "$STATIC_BIN" ]; then
-  spawn_ka "$STATIC_BIN" "$PORT_SU" "$WORK/static.log"
-  STATIC_PID=$!
+if [ -n "$OTHER_BIN" ]; then
+  spawn_ka "$OTHER_BIN" "$PORT_SU" "$WORK/other.log"
+  OTHER_PID=$!
   wait_ok "http://127.0.0.1:$PORT_SU$POD_PATH"
   sleep 1
-  rec 1 idle-static kube-ambassador rss_kib "$(rss_of "$STATIC_PID")"
-  kill "$STATIC_PID"
-  wait "$STATIC_PID" 2>/dev/null || true
-  STATIC_PID=''
+  rec 1 idle-dynamic kube-ambassador rss_kib "$(rss_of "$OTHER_PID")"
+  kill "$OTHER_PID"
+  wait "$OTHER_PID" 2>/dev/null || true
+  OTHER_PID=''
 fi
 
 rotation() {  # round -> the targets, starting one further each round
@@ -336,30 +344,38 @@ rotation() {  # round -> the targets, starting one further each round
 }
 
 # ---------------------------------------------------------------------------- watches
+# run_watches ROUND WORKLOAD TARGET PATH
+run_watches() {
+  local r=$1 w=$2 t=$3 path=$4 pid out=$WORK/watches.out m v events cpu fcpu
+  alive
+  log "watch round $r/$WATCH_ROUNDS ($w): $WATCHES watches held ${WATCH_SECS}s via $t"
+  pid=$(pid_of "$t")
+  # shellcheck disable=SC2046
+  "$CLIENT" watches --url "$(url_of "$t")$path" $(client_args "$t") \
+    --n "$WATCHES" --hold "$WATCH_SECS" ${pid:+--pid "$pid"} --fake-pid "$FAKE_PID" >"$out" ||
+    die "watches ($w) via $t failed: $(cat "$out")"
+  for m in latency_p50_us latency_p99_us open_secs rss_max_kib fds events events_missing events_per_watch_min watches_failed; do
+    v=$(kv "$m" "$out")
+    [ -n "$v" ] && rec "$r" "$w" "$t" "$m" "$v"
+  done
+  events=$(kv events "$out")
+  cpu=$(kv cpu_secs "$out")
+  [ -n "$cpu" ] && [ "${events:-0}" -gt 0 ] && rec "$r" "$w" "$t" cpu_us_per_event "$(calc "$cpu * 1e6 / $events")"
+  fcpu=$(kv fake_cpu_secs "$out")
+  [ -n "$fcpu" ] && [ "${events:-0}" -gt 0 ] && rec "$r" "$w" "$t" fake_cpu_us_per_event "$(calc "$fcpu * 1e6 / $events")"
+  alive
+  [ "$(kv watches_failed "$out")" = 0 ] || note "watches ($w) via $t" "$(kv watches_failed "$out") failed: $(kv first_failure "$out")"
+  v=$(kv events_missing "$out")  # not printed for spread events (see bench-client)
+  [ "${v:-0}" = 0 ] || note "watches ($w) via $t" "$v events did not arrive"
+  [ "$(kv events_per_watch_min "$out")" != 0 ] || note "watches ($w) via $t" "a watch received no event"
+  log "  p50 $(kv latency_p50_us "$out") µs, p99 $(kv latency_p99_us "$out") µs${pid:+, RSS max $(kv rss_max_kib "$out") KiB}"
+  sleep 1
+}
+
 for ((r = 1; r <= WATCH_ROUNDS; r++)); do
   for t in $(rotation "$r"); do
-    alive
-    log "watch round $r/$WATCH_ROUNDS: $WATCHES watches held ${WATCH_SECS}s via $t"
-    pid=$(pid_of "$t")
-    out=$WORK/watches.out
-    # shellcheck disable=SC2046
-    "$CLIENT" watches --url "$(url_of "$t")$WATCH_PATH" $(client_args "$t") \
-      --n "$WATCHES" --hold "$WATCH_SECS" ${pid:+--pid "$pid"} --fake-pid "$FAKE_PID" >"$out" ||
-      die "watches via $t failed: $(cat "$out")"
-    for m in latency_p50_us latency_p99_us open_secs rss_max_kib fds events events_missing watches_failed; do
-      v=$(kv "$m" "$out")
-      [ -n "$v" ] && rec "$r" watches "$t" "$m" "$v"
-    done
-    events=$(kv events "$out")
-    cpu=$(kv cpu_secs "$out")
-    [ -n "$cpu" ] && [ "${events:-0}" -gt 0 ] && rec "$r" watches "$t" cpu_us_per_event "$(calc "$cpu * 1e6 / $events")"
-    fcpu=$(kv fake_cpu_secs "$out")
-    [ -n "$fcpu" ] && [ "${events:-0}" -gt 0 ] && rec "$r" watches "$t" fake_cpu_us_per_event "$(calc "$fcpu * 1e6 / $events")"
-    alive
-    [ "$(kv watches_failed "$out")" = 0 ] || note "watches via $t" "$(kv watches_failed "$out") failed: $(kv first_failure "$out")"
-    [ "$(kv events_missing "$out")" = 0 ] || note "watches via $t" "$(kv events_missing "$out") events did not arrive"
-    log "  p50 $(kv latency_p50_us "$out") µs, p99 $(kv latency_p99_us "$out") µs${pid:+, RSS max $(kv rss_max_kib "$out") KiB}"
-    sleep 1
+    run_watches "$r" watches "$t" "$WATCH_PATH"
+    run_watches "$r" fanout "$t" "$FANOUT_PATH"
   done
 done
 
@@ -456,7 +472,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         kube-ambassador)
           KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
             "$CLIENT" startup --url "http://127.0.0.1:$PORT_SU$POD_PATH" -- \
-            "$BIN/kube-ambassador" --service-account-dir="$SA" --port="$PORT_SU" "${KA_ARGS[@]}" >"$out" ;;
+            "$KA_BIN" --service-account-dir="$SA" --port="$PORT_SU" "${KA_ARGS[@]}" >"$out" ;;
         kubectl-proxy)
           "$CLIENT" startup --url "http://127.0.0.1:$PORT_SU$POD_PATH" -- \
             "$KUBECTL" proxy --port="$PORT_SU" --kubeconfig="$KCFG" >"$out" ;;
@@ -488,7 +504,7 @@ MACHINE=$WORK/machine.md
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- machine: $(nproc) CPUs ($(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
   echo "- load average before the run: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine shows here and in the \"other cores\" column)"
-  echo "- kube-ambassador: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in src/'), $(rustc --version)"
+  echo "- kube-ambassador: $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' with uncommitted changes in src/'), $(rustc --version); binary: $KA_BUILD"
   if [ -n "$KUBECTL" ]; then
     echo "- kubectl: $("$KUBECTL" version --client 2>/dev/null | head -1)"
   else

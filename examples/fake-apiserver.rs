@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --example fake-apiserver -- --dir /tmp/ka-demo [--port N] [--pods N]
-//!     [--tick-ms N] [--quiet]
+//!     [--tick-ms N] [--spread N] [--quiet]
 //! ```
 //!
 //! It prints the `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` to export, the
@@ -17,7 +17,11 @@
 //! named `tick-<microseconds since the Unix epoch when it was sent>` in the namespace
 //! `bench-ticks` to every watch on that namespace, so a client can tell each event's
 //! latency from its name. The event is a `DELETED` of a pod that is not stored, so ticks
-//! leave the pod store (and every list) unchanged.
+//! leave the pod store (and every list) unchanged; none is sent while nobody watches. `--spread N` sends such an event every
+//! millisecond to one of the namespaces `bench-spread-0`..`bench-spread-{N-1}` in turn:
+//! with one watch on each, every watch gets an event every N ms and no two arrive at once,
+//! so the latency measured is a hop's, not a queue's (`--tick-ms` sends each event to all
+//! its watches at the same instant).
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -29,15 +33,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use support::{FakeApi, FakeApiOptions, Pki, World};
 
 const TOKEN: &str = "demo-token";
-const USAGE: &str = "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--quiet]";
+const USAGE: &str =
+    "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--spread N] [--quiet]";
 /// The namespace `--tick-ms` events are sent in.
 const TICK_NAMESPACE: &str = "bench-ticks";
+/// The prefix of the namespaces `--spread` sends in.
+const SPREAD_NAMESPACE: &str = "bench-spread";
+
+/// The time an event is sent, as its name carries it.
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros()
+}
 
 struct Args {
     dir: PathBuf,
     port: u16,
     pods: Option<usize>,
     tick_ms: u64,
+    spread: u64,
     quiet: bool,
 }
 
@@ -46,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
     let mut port = 0;
     let mut pods = None;
     let mut tick_ms = 0;
+    let mut spread = 0;
     let mut quiet = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -76,6 +93,12 @@ fn parse_args() -> Result<Args, String> {
                     .parse()
                     .map_err(|_| format!("--tick-ms: not a number of milliseconds: {v}"))?;
             }
+            "--spread" => {
+                let v = value()?;
+                spread = v
+                    .parse()
+                    .map_err(|_| format!("--spread: not a count of namespaces: {v}"))?;
+            }
             "--quiet" => quiet = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
@@ -86,6 +109,7 @@ fn parse_args() -> Result<Args, String> {
         port,
         pods,
         tick_ms,
+        spread,
         quiet,
     })
 }
@@ -158,11 +182,27 @@ async fn main() -> ExitCode {
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            let micros = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros();
-            api.send_watch_event_in(TICK_NAMESPACE, "DELETED", &format!("tick-{micros}"));
+            if api.watched(TICK_NAMESPACE) {
+                api.send_watch_event_in(
+                    TICK_NAMESPACE,
+                    "DELETED",
+                    &format!("tick-{}", now_micros()),
+                );
+            }
+        }
+    };
+    let spread = async {
+        if args.spread == 0 {
+            return std::future::pending::<()>().await;
+        }
+        let mut every = tokio::time::interval(Duration::from_millis(1));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        for i in (0..args.spread).cycle() {
+            every.tick().await;
+            let ns = format!("{SPREAD_NAMESPACE}-{i}");
+            if api.watched(&ns) {
+                api.send_watch_event_in(&ns, "DELETED", &format!("tick-{}", now_micros()));
+            }
         }
     };
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -177,6 +217,7 @@ async fn main() -> ExitCode {
         _ = term.recv() => {}
         _ = log => {}
         _ = ticks => {}
+        _ = spread => {}
     }
     api.stop().await;
     ExitCode::SUCCESS
