@@ -323,3 +323,52 @@ async fn when_the_server_declines_h2_an_upgrade_still_works() {
     );
     assert_eq!(api.h2_connections_total(), 0);
 }
+
+/// Sizes of the chunks of a `Transfer-Encoding: chunked` HTTP/1.1 response.
+fn chunk_sizes(response: &[u8]) -> Vec<usize> {
+    let head_end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head")
+        + 4;
+    let head = String::from_utf8_lossy(&response[..head_end]).to_ascii_lowercase();
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    let mut sizes = Vec::new();
+    let mut at = head_end;
+    loop {
+        let line_end = at
+            + response[at..]
+                .windows(2)
+                .position(|w| w == b"\r\n")
+                .expect("a chunk-size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&response[at..line_end]).unwrap(), 16)
+            .expect("a hex chunk size");
+        if size == 0 {
+            return sizes;
+        }
+        sizes.push(size);
+        at = line_end + 2 + size + 2;
+    }
+}
+
+#[tokio::test]
+async fn large_responses_come_in_frames_of_up_to_64_kib() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    // The fake's /bytes?chunked yields 64 KiB pieces; with HTTP/2's default 16 KiB frame
+    // limit each would arrive (and be written to the client) as four.
+    let (_api, _world, proxy) = setup(&[]).await;
+    let n = 200_000;
+    let mut s = tokio::net::TcpStream::connect(proxy.socket_addr())
+        .await
+        .unwrap();
+    let request =
+        format!("GET /bytes?n={n}&chunked=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    within("the response", s.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let sizes = chunk_sizes(&response);
+    assert_eq!(sizes.iter().sum::<usize>(), n);
+    assert_eq!(sizes.iter().max(), Some(&65_536), "{sizes:?}");
+}
