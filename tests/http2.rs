@@ -361,8 +361,9 @@ async fn large_responses_come_in_frames_of_up_to_64_kib() {
     let mut s = tokio::net::TcpStream::connect(proxy.socket_addr())
         .await
         .unwrap();
-    let request =
-        format!("GET /bytes?n={n}&chunked=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "GET /bytes?n={n}&chunked=1 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     within("the response", s.read_to_end(&mut response))
