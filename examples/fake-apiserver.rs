@@ -57,6 +57,22 @@ struct Args {
     quiet: bool,
 }
 
+/// Every `period_ms`, a tick event in the next of `namespaces`, in turn (never if either
+/// is zero or empty); none while nobody watches that namespace.
+async fn ticks(api: &FakeApi, period_ms: u64, namespaces: Vec<String>) {
+    if period_ms == 0 || namespaces.is_empty() {
+        return std::future::pending().await;
+    }
+    let mut every = tokio::time::interval(Duration::from_millis(period_ms));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for ns in namespaces.iter().cycle() {
+        every.tick().await;
+        if api.watched(ns) {
+            api.send_watch_event_in(ns, "DELETED", &format!("tick-{}", now_micros()));
+        }
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut dir = None;
     let mut port = 0;
@@ -174,37 +190,14 @@ async fn main() -> ExitCode {
             n = seen.len();
         }
     };
-    let ticks = async {
-        if args.tick_ms == 0 {
-            return std::future::pending::<()>().await;
-        }
-        let mut every = tokio::time::interval(Duration::from_millis(args.tick_ms));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            if api.watched(TICK_NAMESPACE) {
-                api.send_watch_event_in(
-                    TICK_NAMESPACE,
-                    "DELETED",
-                    &format!("tick-{}", now_micros()),
-                );
-            }
-        }
-    };
-    let spread = async {
-        if args.spread == 0 {
-            return std::future::pending::<()>().await;
-        }
-        let mut every = tokio::time::interval(Duration::from_millis(1));
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        for i in (0..args.spread).cycle() {
-            every.tick().await;
-            let ns = format!("{SPREAD_NAMESPACE}-{i}");
-            if api.watched(&ns) {
-                api.send_watch_event_in(&ns, "DELETED", &format!("tick-{}", now_micros()));
-            }
-        }
-    };
+    let fan_out = ticks(&api, args.tick_ms, vec![TICK_NAMESPACE.to_owned()]);
+    let spread = ticks(
+        &api,
+        1,
+        (0..args.spread)
+            .map(|i| format!("{SPREAD_NAMESPACE}-{i}"))
+            .collect(),
+    );
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(e) => {
@@ -216,7 +209,7 @@ async fn main() -> ExitCode {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
         _ = log => {}
-        _ = ticks => {}
+        _ = fan_out => {}
         _ = spread => {}
     }
     api.stop().await;

@@ -576,7 +576,7 @@ impl FakeApi {
     /// generators skip namespaces nobody watches.
     pub fn watched(&self, ns: &str) -> bool {
         let watchers = self.state.watchers.lock().unwrap();
-        [Some(ns.to_owned()), None].iter().any(|key| {
+        watch_keys(ns).iter().any(|key| {
             watchers
                 .get(key)
                 .is_some_and(|list| list.iter().any(|tx| !tx.is_closed()))
@@ -685,12 +685,18 @@ fn apply_event(state: &State, ns: &str, event_type: &str, name: &str) -> Value {
         line,
     };
     let mut watchers = state.watchers.lock().unwrap();
-    for key in [Some(ns.to_owned()), None] {
+    for key in watch_keys(ns) {
         if let Some(list) = watchers.get_mut(&key) {
             list.retain(|tx| tx.send(msg.clone()).is_ok());
         }
     }
     object
+}
+
+/// The keys of `State::watchers` whose watches see an event in `ns`: that namespace's,
+/// and all namespaces'.
+fn watch_keys(ns: &str) -> [Option<String>; 2] {
+    [Some(ns.to_owned()), None]
 }
 
 fn watch_line(event_type: &str, object: &Value) -> Bytes {
