@@ -52,7 +52,27 @@ chmod -R a+rX "$root"
 echo "static-root: files in the root:"
 (cd "$root" && find . -mindepth 1 | sort | sed 's/^/  /')
 
-chroot --userspec=65532:65532 "$root" /kube-ambassador --port=0 --shutdown-delay=0s \
+# The image's environment: the Dockerfile's ENV GLIBC_TUNABLES (it says why). glibc
+# ignores a tunable it does not know without a word, so each one set must be in the list
+# of the glibc the binary was linked against (this machine's: ld.so --list-tunables).
+tunables=$(sed -n 's/^ENV GLIBC_TUNABLES=//p' Dockerfile)
+if [[ -n "$tunables" ]]; then
+  if known=$(/lib64/ld-linux-x86-64.so.2 --list-tunables 2>/dev/null) && [[ -n "$known" ]]; then
+    IFS=: read -ra settings <<<"$tunables"
+    for setting in "${settings[@]}"; do
+      name=${setting%%=*}
+      if ! grep -q "^$name:" <<<"$known"; then
+        echo "static-root: the Dockerfile sets $name, which this glibc does not know" >&2
+        exit 1
+      fi
+      echo "static-root: glibc tunable $setting (known to this glibc)"
+    done
+  else
+    echo "static-root: ld.so --list-tunables is not available: the Dockerfile's tunables were not checked"
+  fi
+fi
+
+GLIBC_TUNABLES=$tunables chroot --userspec=65532:65532 "$root" /kube-ambassador --port=0 --shutdown-delay=0s \
   >"$work/proxy.out" 2>"$work/proxy.err" &
 proxy=$!
 pids+=("$proxy")

@@ -107,13 +107,18 @@ BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 # The binary measured is the one the image ships (static glibc, as the Dockerfile builds
 # it, with its own hot-code list: build.rs). `cargo build --release`'s binary, which maps
 # the shared glibc too, gets an idle RSS row of its own (OTHER_BIN).
-KA_BIN=$BIN/kube-ambassador KA_BUILD='cargo build --release (glibc shared)' OTHER_BIN=
+KA_BIN=$BIN/kube-ambassador KA_BUILD='cargo build --release (glibc shared)' OTHER_BIN='' KA_ENV=()
 if [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then
   RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --release --locked --target x86_64-unknown-linux-gnu --bin kube-ambassador >&2
   OTHER_BIN=$KA_BIN
   KA_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/x86_64-unknown-linux-gnu/release/kube-ambassador
   KA_BUILD="the image's (static glibc, x86_64-unknown-linux-gnu)"
+  # ...run with the image's environment: the Dockerfile's glibc tunable (it says why).
+  tunables=$(sed -n 's/^ENV GLIBC_TUNABLES=//p' Dockerfile)
+  [ -n "$tunables" ] || die "the Dockerfile sets no GLIBC_TUNABLES"
+  KA_ENV=("GLIBC_TUNABLES=$tunables")
+  KA_BUILD+="; environment: GLIBC_TUNABLES=$tunables, as in the image"
 fi
 CLIENT=$BIN/examples/bench-client
 
@@ -227,7 +232,7 @@ wait_ok() {  # URL [bench-client args]
 
 # kube-ambassador in the background, in front of the fake: BINARY PORT LOG.
 spawn_ka() {
-  KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
+  env "${KA_ENV[@]}" KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT="$FAKE_PORT" \
     "$1" --service-account-dir="$SA" --port="$2" "${KA_ARGS[@]}" >>"$3" 2>&1 &
 }
 start_ka() {
@@ -470,7 +475,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         # nginx daemonizes, and its start-up is not what it is here for.
         direct | nginx) continue ;;
         kube-ambassador)
-          KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT=$FAKE_PORT \
+          env "${KA_ENV[@]}" KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT="$FAKE_PORT" \
             "$CLIENT" startup --url "http://127.0.0.1:$PORT_SU$POD_PATH" -- \
             "$KA_BIN" --service-account-dir="$SA" --port="$PORT_SU" "${KA_ARGS[@]}" >"$out" ;;
         kubectl-proxy)
