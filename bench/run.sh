@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: a direct TLS client vs kube-ambassador vs `kubectl proxy` (and nginx as a
-# reference reverse proxy), in front of the fake API server, on this machine, in one run.
+# reference reverse proxy, and a TCP pass-through as the cost of the hop alone), in front
+# of the fake API server, on this machine, in one run.
 # See bench/README.md.
 #
 #   bench/run.sh                     # about 5 minutes (after the release build)
@@ -15,8 +16,9 @@
 #   BENCH_STARTUPS=2       start-up measurements per proxy per round
 #   BENCH_TICK_MS=100      fan-out workload: period of the event sent to all the watches
 #   BENCH_PORT_BASE=18001  kube-ambassador on BASE, kubectl proxy on BASE+1, nginx on BASE+3,
-#                          start-ups on BASE+10
+#                          the pass-through on BASE+4, start-ups on BASE+10
 #   BENCH_NGINX=0          leave out the nginx target (skipped anyway where nginx is missing)
+#   BENCH_PASSTHROUGH=0    leave out the TCP pass-through (examples/tcp-forward.rs)
 #   BENCH_STATIC=0         measure `cargo build --release`'s binary instead of the image's
 #                          (static glibc; built only on x86_64)
 #   BENCH_OUT=bench/results.md   the report (the raw samples go beside it as .tsv)
@@ -37,6 +39,7 @@ PORT_BASE=${BENCH_PORT_BASE:-18001}
 PORT_KA=$PORT_BASE
 PORT_KC=$((PORT_BASE + 1))
 PORT_NG=$((PORT_BASE + 3))
+PORT_PT=$((PORT_BASE + 4))
 PORT_SU=$((PORT_BASE + 10))
 OUT=${BENCH_OUT:-bench/results.md}
 read -r -a KA_ARGS <<<"${BENCH_KA_ARGS:-}"
@@ -101,7 +104,7 @@ fi
 log "building release binaries"
 # Two commands: built with the examples, the binary's dependencies would also take the
 # dev-dependencies' features, so it would not be the binary `cargo build --release` makes.
-cargo build --release --locked --example fake-apiserver --example bench-client >&2
+cargo build --release --locked --example fake-apiserver --example bench-client --example tcp-forward >&2
 cargo build --release --locked --bin kube-ambassador >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 # The binary measured is the one the image ships (static glibc, as the Dockerfile builds
@@ -126,7 +129,7 @@ CLIENT=$BIN/examples/bench-client
 WORK=$(mktemp -d -t ka-bench.XXXXXX)
 RAW=$WORK/raw.tsv
 : >"$RAW"
-FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER='' OTHER_PID=''
+FAKE_PID='' KA_PID='' KC_PID='' NG_PID='' NG_WORKER='' OTHER_PID='' PT_PID=''
 # nginx daemonizes: its master (NG_PID) is not our child. TERM makes it stop its worker
 # (NG_WORKER, the process measured); whatever is left after a second is killed.
 stop_ng() {
@@ -145,7 +148,7 @@ stop_ng() {
 cleanup() {
   local pid
   stop_ng
-  for pid in "$KA_PID" "$KC_PID" "$OTHER_PID" "$FAKE_PID"; do
+  for pid in "$KA_PID" "$KC_PID" "$OTHER_PID" "$PT_PID" "$FAKE_PID"; do
     [ -n "$pid" ] && kill -KILL "$pid" 2>/dev/null || true
   done
   wait 2>/dev/null || true
@@ -183,7 +186,7 @@ DIRECT=https://127.0.0.1:$FAKE_PORT
 # The servers must outlive every workload; say how one died.
 alive() {
   local name pid log status
-  for name in fake kube-ambassador kubectl-proxy nginx nginx-worker; do
+  for name in fake kube-ambassador kubectl-proxy nginx nginx-worker pass-through; do
     case $name in
       fake) pid=$FAKE_PID log=$WORK/fake.log ;;
       kube-ambassador) pid=$KA_PID log=$WORK/kube-ambassador.log ;;
@@ -191,6 +194,7 @@ alive() {
       nginx) pid=$NG_PID log=$WORK/nginx/error.log ;;
       # The master would replace a dead worker, but the measurements follow this one.
       nginx-worker) pid=$NG_WORKER log=$WORK/nginx/error.log ;;
+      pass-through) pid=$PT_PID log=$WORK/pass-through.log ;;
     esac
     [ -z "$pid" ] && continue
     if ! kill -0 "$pid" 2>/dev/null; then
@@ -207,6 +211,7 @@ url_of() {
     kube-ambassador) echo "http://127.0.0.1:$PORT_KA" ;;
     kubectl-proxy) echo "http://127.0.0.1:$PORT_KC" ;;
     nginx) echo "http://127.0.0.1:$PORT_NG" ;;
+    pass-through) echo "https://127.0.0.1:$PORT_PT" ;;
   esac
 }
 pid_of() {
@@ -215,10 +220,13 @@ pid_of() {
     kube-ambassador) echo "$KA_PID" ;;
     kubectl-proxy) echo "$KC_PID" ;;
     nginx) echo "$NG_WORKER" ;;
+    pass-through) echo "$PT_PID" ;;
   esac
 }
 # Client arguments for bench-client: the direct target needs the CA and the token.
 client_args() { if [ "$1" = direct ]; then echo "--ca $CA --token $TOKEN"; fi; }
+# wrk's: the targets that reach the fake's TLS (direct, and through the pass-through) need the token.
+wrk_auth() { case $1 in direct | pass-through) echo "Authorization: Bearer $TOKEN" ;; esac; }
 
 wait_ok() {  # URL [bench-client args]
   local i
@@ -321,6 +329,17 @@ if [ -n "$NGINX" ]; then
   log "starting nginx on :$PORT_NG"
   start_ng
 fi
+# The TCP pass-through, in the wrk workloads only: the hop alone (examples/tcp-forward.rs).
+WRK_TARGETS=("${TARGETS[@]}")
+if [ "${BENCH_PASSTHROUGH:-1}" = 0 ]; then
+  log "BENCH_PASSTHROUGH=0: skipping the TCP pass-through"
+else
+  log "starting the TCP pass-through on :$PORT_PT"
+  "$BIN/examples/tcp-forward" "127.0.0.1:$PORT_PT" "127.0.0.1:$FAKE_PORT" >>"$WORK/pass-through.log" 2>&1 &
+  PT_PID=$!
+  wait_ok "https://127.0.0.1:$PORT_PT$POD_PATH" "--ca $CA --token $TOKEN"
+  WRK_TARGETS+=(pass-through)
+fi
 
 # The fake really serves 500 pods (the LIST workload's premise).
 pods=$("$CLIENT" get --url "$DIRECT$LIST_PATH" --ca "$CA" --token "$TOKEN" | kv bytes /dev/stdin)
@@ -343,9 +362,11 @@ if [ -n "$OTHER_BIN" ]; then
   OTHER_PID=''
 fi
 
-rotation() {  # round -> the targets, starting one further each round
-  local r=$1 n=${#TARGETS[@]} i
-  for ((i = 0; i < n; i++)); do echo "${TARGETS[$(((i + r) % n))]}"; done
+rotation() {  # round target... -> the targets, starting one further each round
+  local r=$1 i
+  shift
+  local ts=("$@") n=$#
+  for ((i = 0; i < n; i++)); do echo "${ts[$(((i + r) % n))]}"; done
 }
 
 # ---------------------------------------------------------------------------- watches
@@ -378,7 +399,7 @@ run_watches() {
 }
 
 for ((r = 1; r <= WATCH_ROUNDS; r++)); do
-  for t in $(rotation "$r"); do
+  for t in $(rotation "$r" "${TARGETS[@]}"); do
     run_watches "$r" watches "$t" "$WATCH_PATH"
     run_watches "$r" fanout "$t" "$FANOUT_PATH"
   done
@@ -388,10 +409,11 @@ done
 # run_wrk ROUND WORKLOAD TARGET THREADS CONNS PATH
 run_wrk() {
   local r=$1 w=$2 t=$3 th=$4 c=$5 path=$6
-  local pid hdr=() out=$WORK/wrk.out
+  local pid hdr=() out=$WORK/wrk.out auth
   alive
   pid=$(pid_of "$t")
-  [ "$t" = direct ] && hdr=(-H "Authorization: Bearer $TOKEN")
+  auth=$(wrk_auth "$t")
+  [ -n "$auth" ] && hdr=(-H "$auth")
   local p0 f0 b0 t0 p1 f1 b1 t1
   p0=$(cpu_of "$pid") f0=$(cpu_of "$FAKE_PID") b0=$(busy_all) t0=$(now)
   local TIMEFORMAT='%U %S'
@@ -436,9 +458,10 @@ WORKLOADS=(
 )
 
 log "warm-up"
-for t in "${TARGETS[@]}"; do
+for t in "${WRK_TARGETS[@]}"; do
   hdr=()
-  [ "$t" = direct ] && hdr=(-H "Authorization: Bearer $TOKEN")
+  auth=$(wrk_auth "$t")
+  [ -n "$auth" ] && hdr=(-H "$auth")
   wrk -t2 -c16 -d1s "${hdr[@]}" "$(url_of "$t")$POD_PATH" >/dev/null
 done
 
@@ -446,13 +469,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
   log "round $r/$ROUNDS"
   for spec in "${WORKLOADS[@]}"; do
     read -r w th c path <<<"$spec"
-    for t in $(rotation "$r"); do
+    for t in $(rotation "$r" "${WRK_TARGETS[@]}"); do
       run_wrk "$r" "$w" "$t" "$th" "$c" "$path"
     done
   done
 
   # 256 MiB through each, RSS sampled every 2 ms.
-  for t in $(rotation "$r"); do
+  for t in $(rotation "$r" "${TARGETS[@]}"); do
     alive
     pid=$(pid_of "$t")
     out=$WORK/bytes.out
@@ -469,7 +492,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
 
   # Start-up to the first 200, each proxy spawned afresh on another port.
   for ((s = 1; s <= STARTUPS; s++)); do
-    for t in $(rotation "$r"); do
+    for t in $(rotation "$r" "${TARGETS[@]}"); do
       out=$WORK/startup.out
       case $t in
         # nginx daemonizes, and its start-up is not what it is here for.
@@ -496,9 +519,10 @@ done
 
 # ---------------------------------------------------------------------------- report
 stop_ng
-kill -KILL "$KA_PID" ${KC_PID:+"$KC_PID"} "$FAKE_PID" 2>/dev/null || true
+kill -KILL "$KA_PID" ${KC_PID:+"$KC_PID"} ${PT_PID:+"$PT_PID"} "$FAKE_PID" 2>/dev/null || true
 wait 2>/dev/null || true
-KA_PID='' KC_PID='' FAKE_PID=''
+PT_RAN=$PT_PID
+KA_PID='' KC_PID='' PT_PID='' FAKE_PID=''
 
 MACHINE=$WORK/machine.md
 {
@@ -519,6 +543,11 @@ MACHINE=$WORK/machine.md
     echo "- nginx (reference reverse proxy: one worker, keep-alive TLS upstream, no buffering): $("$NGINX" -v 2>&1 | sed 's/^nginx version: //')"
   else
     echo "- nginx: not run, its column is empty"
+  fi
+  if [ -n "$PT_RAN" ]; then
+    echo "- TCP pass-through (the hop alone: copies bytes, one thread; the wrk workloads only): examples/tcp-forward.rs"
+  else
+    echo "- TCP pass-through: not run, its column is empty"
   fi
   echo "- wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
   echo "- settings: BENCH_SECONDS=$SECS BENCH_ROUNDS=$ROUNDS BENCH_WATCHES=$WATCHES BENCH_WATCH_SECONDS=$WATCH_SECS BENCH_WATCH_ROUNDS=$WATCH_ROUNDS BENCH_STARTUPS=$STARTUPS BENCH_TICK_MS=$TICK_MS${BENCH_KA_ARGS:+ BENCH_KA_ARGS='$BENCH_KA_ARGS'}"

@@ -547,7 +547,14 @@ async fn cmd_startup(a: &Args) -> Result<()> {
 
 /// In the report's column order. nginx (a minimal TLS reverse proxy, one worker) is the
 /// reference for what any proxy hop costs on the machine, not a rival.
-const TARGETS: [&str; 4] = ["direct", "kube-ambassador", "kubectl-proxy", "nginx"];
+/// "pass-through" (examples/tcp-forward.rs) runs only in the wrk workloads.
+const TARGETS: [&str; 5] = [
+    "direct",
+    "kube-ambassador",
+    "kubectl-proxy",
+    "nginx",
+    "pass-through",
+];
 
 /// How a row compares with direct.
 #[derive(Clone, Copy, PartialEq)]
@@ -669,8 +676,8 @@ fn cmd_report(a: &Args) -> Result<()> {
     let mut out = String::new();
     out += &fs::read_to_string(machine)?;
     out += "\n## Results (median over rounds)\n\n";
-    out += "| workload | unit | better | direct | kube-ambassador | kubectl proxy | nginx | kube-ambassador vs direct | kubectl proxy vs direct | nginx vs direct | kube-ambassador ÷ kubectl proxy | kube-ambassador ÷ nginx |\n";
-    out += "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+    out += "| workload | unit | better | direct | kube-ambassador | kubectl proxy | nginx | TCP pass-through | kube-ambassador vs direct | kubectl proxy vs direct | nginx vs direct | pass-through vs direct | kube-ambassador ÷ kubectl proxy | kube-ambassador ÷ nginx |\n";
+    out += "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     for r in ROWS {
         let vals: Vec<Option<f64>> = TARGETS
             .iter()
@@ -700,7 +707,7 @@ fn cmd_report(a: &Args) -> Result<()> {
             }
         };
         out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.label,
             r.unit,
             r.better,
@@ -708,9 +715,11 @@ fn cmd_report(a: &Args) -> Result<()> {
             cell(vals[1]),
             cell(vals[2]),
             cell(vals[3]),
+            cell(vals[4]),
             vs_direct(vals[1]),
             vs_direct(vals[2]),
             vs_direct(vals[3]),
+            vs_direct(vals[4]),
             ka_vs(vals[2]),
             ka_vs(vals[3])
         );
@@ -723,6 +732,14 @@ fn cmd_report(a: &Args) -> Result<()> {
                 \"kube-ambassador ÷ nginx\" is how far kube-ambassador is from a mature C \
                 proxy. Start-up is not measured for nginx.\n";
     }
+    if data.keys().any(|(_, t, _)| t == "pass-through") {
+        out += "\nThe TCP pass-through (`examples/tcp-forward.rs`, one thread) copies bytes between \
+                the client's connection and one of its own to the fake API server: the client's \
+                TLS session goes through it untouched, and it parses nothing. It is the cost of \
+                the hop alone, a second pair of sockets and their wake-ups on the same CPUs, and \
+                so the ceiling for a proxy that also terminates TLS and parses HTTP. It runs in \
+                the wrk workloads only.\n";
+    }
 
     out += "\n## Where the CPU went (median over rounds)\n\n";
     out += "Cores in use during each wrk run (CPU seconds ÷ wall seconds, from /proc; the \
@@ -730,7 +747,7 @@ fn cmd_report(a: &Args) -> Result<()> {
             else ran on the machine meanwhile (busy time in /proc/stat minus the three \
             processes measured). \"Fake API share\" is the fake server's part of the CPU the \
             three benchmark processes got: the higher it is, the more the fake, rather than the \
-            proxy, sets the request rate. For nginx, the proxy is its one worker process.\n\n";
+            proxy, sets the request rate. For nginx, the proxy is its one worker process; for the pass-through, the forwarder.\n\n";
     out += "| workload | target | req/s | wrk cores | fake API cores | proxy cores | other processes' cores | fake API share | fake API µs/req | proxy µs/req | wrk µs/req | errors |\n";
     out += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     let mut fake_bound = Vec::new();
