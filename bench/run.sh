@@ -4,7 +4,7 @@
 # of the fake API server, on this machine, in one run.
 # See bench/README.md.
 #
-#   bench/run.sh                     # about 5 minutes (after the release build)
+#   bench/run.sh                     # about 8 minutes (after the release builds)
 #   BENCH_SECONDS=10 bench/run.sh    # longer wrk runs
 #
 # Settings (environment):
