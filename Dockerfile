@@ -63,13 +63,14 @@ LABEL org.opencontainers.image.title="kube-ambassador" \
 COPY --from=builder /kube-ambassador /kube-ambassador
 
 # glibc's memcpy copies anything over 2 KiB with `rep movsb` on CPUs that report FSRM. On
-# AMD Zen 3 and later that instruction runs about 20 times slower when the destination is
-# slightly ahead of the source within a cache line (sourceware BZ 30994): 2.7 GB/s against
-# 50 GB/s on the project's EPYC machines. The proxy's copies of decrypted TLS records
-# (rustls, then into the HTTP/2 reader) land there, and the glibc linked in above
-# (Debian 12's) takes that path. Past this threshold glibc uses its vector loop instead,
-# which is as fast on Intel: with it, a 500-pod LIST costs the proxy 20-30% less CPU
-# (bench/). glibc reads it at start-up, before main, so it has to come from outside.
+# AMD Zen 3 and later that instruction runs 20 to 30 times slower when the destination's
+# offset within its 4 KiB page is a few bytes past the source's (sourceware BZ 30994):
+# 3.5 against 90 GB/s for 16 KiB on the project's EPYC machines (`cargo run --release
+# --example memcpy-rate` measures a machine). The proxy's copies of decrypted TLS records
+# (rustls, then into the HTTP/2 reader) hit it, and the glibc linked in above (Debian
+# 12's) takes that path. Past this threshold glibc uses its vector loop instead, as fast
+# on Intel: with it, a 500-pod LIST costs the proxy 20-30% less CPU (bench/). glibc reads
+# it at start-up, before main, so it has to come from outside.
 ENV GLIBC_TUNABLES=glibc.cpu.x86_rep_movsb_threshold=0x40000000
 
 # 65532, the conventional "nonroot" uid; numeric so that runAsNonRoot can verify it.
