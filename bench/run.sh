@@ -238,9 +238,13 @@ wait_ok() {  # URL [bench-client args]
   die "no 200 from $1"
 }
 
-# kube-ambassador in the background, in front of the fake: BINARY PORT LOG.
+# kube-ambassador in the background, in front of the fake: BINARY PORT LOG. The binary
+# measured gets the image's environment (KA_ENV); `cargo build`'s (OTHER_BIN) runs as a
+# workstation would run it, without.
 spawn_ka() {
-  env "${KA_ENV[@]}" KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT="$FAKE_PORT" \
+  local envs=()
+  [ "$1" = "$KA_BIN" ] && envs=("${KA_ENV[@]}")
+  env "${envs[@]}" KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT="$FAKE_PORT" \
     "$1" --service-account-dir="$SA" --port="$2" "${KA_ARGS[@]}" >>"$3" 2>&1 &
 }
 start_ka() {
