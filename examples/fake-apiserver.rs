@@ -17,11 +17,11 @@
 //! named `tick-<microseconds since the Unix epoch when it was sent>` in the namespace
 //! `bench-ticks` to every watch on that namespace, so a client can tell each event's
 //! latency from its name. The event is a `DELETED` of a pod that is not stored, so ticks
-//! leave the pod store (and every list) unchanged; none is sent while nobody watches. `--spread N` sends such an event every
-//! millisecond to one of the namespaces `bench-spread-0`..`bench-spread-{N-1}` in turn:
-//! with one watch on each, every watch gets an event every N ms and no two arrive at once,
-//! so the latency measured is a hop's, not a queue's (`--tick-ms` sends each event to all
-//! its watches at the same instant).
+//! leave the pod store (and every list) unchanged; none is sent while nobody watches.
+//! `--spread N` sends such an event every millisecond to one of the namespaces
+//! `bench-spread-0`..`bench-spread-{N-1}` in turn: with one watch on each, every watch
+//! gets an event every N ms and no two arrive at once, so the latency measured is a hop's,
+//! not a queue's (`--tick-ms` sends each event to all its watches at the same instant).
 
 #[path = "../tests/support/mod.rs"]
 mod support;

@@ -210,11 +210,9 @@ async fn gauge_wait(g: &Gauge, what: &str, n: usize) {
 
 #[derive(Clone)]
 enum WatchMsg {
-    Event {
-        ns: String,
-        name: String,
-        line: Bytes,
-    },
+    /// An event in the namespace the receiving watch is on: `State::watchers` routes it
+    /// only to that namespace's watches and to the all-namespaces ones.
+    Event { name: String, line: Bytes },
     /// Ends every open watch stream cleanly (the server's side of a watch timeout).
     End,
 }
@@ -680,7 +678,6 @@ fn apply_event(state: &State, ns: &str, event_type: &str, name: &str) -> Value {
     // Sent under the store lock so a watch starting concurrently either sees the pod in
     // its initial snapshot or receives this event, never neither nor both.
     let msg = WatchMsg::Event {
-        ns: ns.to_owned(),
         name: name.to_owned(),
         line,
     };
@@ -739,7 +736,8 @@ async fn serve_connection(
             .get_ref()
             .1
             .negotiated_cipher_suite()
-            .map(|s| format!("{:?}", s.suite()));
+            .and_then(|s| s.suite().as_str())
+            .map(str::to_owned);
         let conn = Arc::new(ConnInfo {
             client_cn,
             tls_suite,
@@ -1231,7 +1229,6 @@ fn list_or_watch(state: &Arc<State>, ns: Option<&str>, q: &Query) -> Response<Re
             rx,
             initial,
             deadline: timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s)),
-            ns: ns.map(str::to_owned),
             name,
             _guard: gauge_inc(state, |s| &s.watches),
         };
@@ -1268,7 +1265,8 @@ struct WatchStream {
     rx: mpsc::UnboundedReceiver<WatchMsg>,
     initial: VecDeque<Bytes>,
     deadline: Option<tokio::time::Instant>,
-    ns: Option<String>,
+    /// `fieldSelector=metadata.name=…`: the namespace needs no filter here, the queue
+    /// only ever receives the watched namespace's events.
     name: Option<String>,
     _guard: GaugeGuard,
 }
@@ -1284,10 +1282,8 @@ impl WatchStream {
                 None => self.rx.recv().await,
             };
             match msg {
-                Some(WatchMsg::Event { ns, name, line }) => {
-                    let wanted = self.ns.as_deref().is_none_or(|n| n == ns)
-                        && self.name.as_deref().is_none_or(|n| n == name);
-                    if wanted {
+                Some(WatchMsg::Event { name, line }) => {
+                    if self.name.as_deref().is_none_or(|n| n == name) {
                         return Some((Frame::data(line), self));
                     }
                 }
