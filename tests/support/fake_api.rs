@@ -561,10 +561,11 @@ impl FakeApi {
         self.send_watch_event_in(DEFAULT_NAMESPACE, event_type, name)
     }
 
-    /// Applies an event to the pod store and broadcasts it: `ADDED` creates (or replaces) the
-    /// pod, `MODIFIED` bumps its resourceVersion (creating it if missing), `DELETED` removes
-    /// it, `BOOKMARK` carries only the current resourceVersion, `ERROR` carries a 410
-    /// Expired Status (what makes `kube`'s watcher re-list). Returns the event's object.
+    /// Applies an event to the pod store and sends it to the watches on `ns` and on all
+    /// namespaces: `ADDED` creates (or replaces) the pod, `MODIFIED` bumps its
+    /// resourceVersion (creating it if missing), `DELETED` removes it, `BOOKMARK` carries
+    /// only the current resourceVersion, `ERROR` carries a 410 Expired Status (what makes
+    /// `kube`'s watcher re-list). Returns the event's object.
     /// Only watches open at the time receive it: await [`FakeApi::wait_open_watches`] first.
     pub fn send_watch_event_in(&self, ns: &str, event_type: &str, name: &str) -> Value {
         apply_event(&self.state, ns, event_type, name)
