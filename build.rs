@@ -10,7 +10,8 @@
 //!   The names carry hashes that depend on the build's settings, so the static build of
 //!   the image (`+crt-static`, an explicit `--target`) has its own list,
 //!   `hot-symbols-static.txt`. A stale list costs memory, never correctness: names the
-//!   linker does not find are skipped.
+//!   linker does not find are skipped. Any code change can make it stale (fat LTO
+//!   renumbers some local names), so `link/update.sh` runs after each one.
 //! - `-z pack-relative-relocs` (DT_RELR): the position-independent binary's 400 KB of
 //!   relative relocations, all read at start-up, shrink to a few KB. The dynamic loader
 //!   (or the static binary's own start-up code) must know DT_RELR: glibc 2.36 or later.
