@@ -576,7 +576,8 @@ fn want(w: Want, o: &Outcome) -> Result<(), String> {
     }
 }
 
-/// Headers of a proxy-made response that must match.
+/// Headers of a proxy-made response that must match (`Content-Type` too, compared with
+/// the body in [`compare`], a multipart boundary aside).
 const MADE_HEADERS: &[&str] = &[
     "location",
     "x-content-type-options",
