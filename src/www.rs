@@ -975,11 +975,25 @@ mod tests {
         (dir, Www::new(root))
     }
 
-    async fn get(w: &Www, path: &str, query: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
-        let resp = w.serve(&Method::GET, &HeaderMap::new(), path, query).await;
+    /// GET `path` (with `query`, and request `headers`): status, headers, whole body.
+    async fn request(
+        w: &Www,
+        path: &str,
+        query: Option<&str>,
+        headers: &[(header::HeaderName, &str)],
+    ) -> (StatusCode, HeaderMap, Bytes) {
+        let mut h = HeaderMap::new();
+        for (name, value) in headers {
+            h.append(name.clone(), HeaderValue::from_str(value).unwrap());
+        }
+        let resp = w.serve(&Method::GET, &h, path, query).await;
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes();
         (parts.status, parts.headers, body)
+    }
+
+    async fn get(w: &Www, path: &str, query: Option<&str>) -> (StatusCode, HeaderMap, Bytes) {
+        request(w, path, query, &[]).await
     }
 
     #[tokio::test]
@@ -1098,20 +1112,12 @@ mod tests {
         assert_eq!(got, data);
     }
 
-    /// GET `path` with `headers`: status, headers, body.
     async fn get_with(
         w: &Www,
         path: &str,
         headers: &[(header::HeaderName, &str)],
     ) -> (StatusCode, HeaderMap, Bytes) {
-        let mut h = HeaderMap::new();
-        for (name, value) in headers {
-            h.append(name.clone(), HeaderValue::from_str(value).unwrap());
-        }
-        let resp = w.serve(&Method::GET, &h, path, None).await;
-        let (parts, body) = resp.into_parts();
-        let body = body.collect().await.unwrap().to_bytes();
-        (parts.status, parts.headers, body)
+        request(w, path, None, headers).await
     }
 
     #[test]
