@@ -548,13 +548,27 @@ async fn cmd_startup(a: &Args) -> Result<()> {
 /// In the report's column order. nginx (a minimal TLS reverse proxy, one worker) is the
 /// reference for what any proxy hop costs on the machine, not a rival.
 /// "pass-through" (examples/tcp-forward.rs) runs only in the wrk workloads.
-const TARGETS: [&str; 5] = [
-    "direct",
-    "kube-ambassador",
-    "kubectl-proxy",
-    "nginx",
-    "pass-through",
+#[rustfmt::skip]
+const TARGETS: [Column; 5] = [
+    Column { id: "direct", heading: "direct", short: "direct" },
+    Column { id: "kube-ambassador", heading: "kube-ambassador", short: "kube-ambassador" },
+    Column { id: "kubectl-proxy", heading: "kubectl proxy", short: "kubectl proxy" },
+    Column { id: "nginx", heading: "nginx", short: "nginx" },
+    Column { id: "pass-through", heading: "TCP pass-through", short: "pass-through" },
 ];
+
+/// A target of the benchmark, as the results table names it.
+struct Column {
+    /// The target's name in the raw samples.
+    id: &'static str,
+    /// The heading of its value column.
+    heading: &'static str,
+    /// The heading of its "vs direct" column, before " vs direct".
+    short: &'static str,
+}
+
+/// The proxies kube-ambassador is divided by, as indexes into [`TARGETS`].
+const KA_VS: [usize; 2] = [2, 3];
 
 /// How a row compares with direct.
 #[derive(Clone, Copy, PartialEq)]
@@ -676,12 +690,20 @@ fn cmd_report(a: &Args) -> Result<()> {
     let mut out = String::new();
     out += &fs::read_to_string(machine)?;
     out += "\n## Results (median over rounds)\n\n";
-    out += "| workload | unit | better | direct | kube-ambassador | kubectl proxy | nginx | TCP pass-through | kube-ambassador vs direct | kubectl proxy vs direct | nginx vs direct | pass-through vs direct | kube-ambassador ÷ kubectl proxy | kube-ambassador ÷ nginx |\n";
-    out += "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
+    let mut head: Vec<String> = ["workload", "unit", "better"].map(String::from).into();
+    head.extend(TARGETS.iter().map(|t| t.heading.to_owned()));
+    head.extend(
+        TARGETS[1..]
+            .iter()
+            .map(|t| format!("{} vs direct", t.short)),
+    );
+    head.extend(KA_VS.map(|i| format!("kube-ambassador ÷ {}", TARGETS[i].heading)));
+    out += &format!("| {} |\n", head.join(" | "));
+    out += &format!("|---|---|---|{}\n", "--:|".repeat(head.len() - 3));
     for r in ROWS {
         let vals: Vec<Option<f64>> = TARGETS
             .iter()
-            .map(|t| get(r.workload, t, r.metric).map(|(m, _)| m * r.scale))
+            .map(|t| get(r.workload, t.id, r.metric).map(|(m, _)| m * r.scale))
             .collect();
         if vals.iter().all(Option::is_none) {
             continue;
@@ -706,23 +728,11 @@ fn cmd_report(a: &Args) -> Result<()> {
                 _ => "—".into(),
             }
         };
-        out += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            r.label,
-            r.unit,
-            r.better,
-            cell(vals[0]),
-            cell(vals[1]),
-            cell(vals[2]),
-            cell(vals[3]),
-            cell(vals[4]),
-            vs_direct(vals[1]),
-            vs_direct(vals[2]),
-            vs_direct(vals[3]),
-            vs_direct(vals[4]),
-            ka_vs(vals[2]),
-            ka_vs(vals[3])
-        );
+        let mut cells: Vec<String> = vec![r.label.into(), r.unit.into(), r.better.into()];
+        cells.extend(vals.iter().map(|v| cell(*v)));
+        cells.extend(vals[1..].iter().map(|v| vs_direct(*v)));
+        cells.extend(KA_VS.map(|i| ka_vs(vals[i])));
+        out += &format!("| {} |\n", cells.join(" | "));
     }
     if data.keys().any(|(_, t, _)| t == "nginx") {
         out += "\nnginx is a reference point, not a contender: a minimal TLS reverse proxy (one \
@@ -752,7 +762,7 @@ fn cmd_report(a: &Args) -> Result<()> {
     out += "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n";
     let mut fake_bound = Vec::new();
     for (w, label) in LOAD_WORKLOADS {
-        for t in TARGETS {
+        for t in TARGETS.map(|t| t.id) {
             let g = |m: &str| get(w, t, m).map(|(v, _)| v);
             let Some(rps) = g("rps") else { continue };
             let c = |m: &str| g(m).map(fmt).unwrap_or_else(|| "—".into());
@@ -800,7 +810,7 @@ fn cmd_report(a: &Args) -> Result<()> {
     out += "\n## Samples\n\n";
     let mut counts = Vec::new();
     for w in ["get-c1", "bytes256", "watches", "fanout", "startup"] {
-        for t in TARGETS {
+        for t in TARGETS.map(|t| t.id) {
             let m = match w {
                 "bytes256" => "mib_per_s",
                 "watches" | "fanout" => "latency_p50_us",
