@@ -475,13 +475,19 @@ fn set_last_modified(h: &mut HeaderMap, modified: Option<SystemTime>) {
 /// Go's `checkIfModifiedSince`: not modified if the time, to the second, is not after the
 /// client's.
 fn modified_since(headers: &HeaderMap, modified: Option<SystemTime>) -> bool {
-    match (
-        known_time(modified),
-        header_time(headers, header::IF_MODIFIED_SINCE),
-    ) {
-        (Some(modified), Some(since)) => unix_secs(modified) <= since,
-        _ => false,
-    }
+    not_after(headers, header::IF_MODIFIED_SINCE, modified) == Some(true)
+}
+
+/// Whether the file's time, to the second, is not after the date in header `name`
+/// (`If-Modified-Since`, `If-Unmodified-Since`); `None` if either is missing, the date
+/// unreadable, or the file's time the epoch (Go's `isZeroTime`).
+fn not_after(
+    headers: &HeaderMap,
+    name: header::HeaderName,
+    modified: Option<SystemTime>,
+) -> Option<bool> {
+    let modified = modified.filter(|t| *t != UNIX_EPOCH)?;
+    Some(unix_secs(modified) <= header_time(headers, name)?)
 }
 
 /// What the conditional headers decide, in the order of Go's `checkPreconditions` (RFC
@@ -505,13 +511,7 @@ fn preconditions(headers: &HeaderMap, modified: Option<SystemTime>) -> Precondit
     };
     let must_match = match value(header::IF_MATCH) {
         Some(v) => Some(star_listed(v)),
-        None => match (
-            known_time(modified),
-            header_time(headers, header::IF_UNMODIFIED_SINCE),
-        ) {
-            (Some(modified), Some(since)) => Some(unix_secs(modified) <= since),
-            _ => None,
-        },
+        None => not_after(headers, header::IF_UNMODIFIED_SINCE, modified),
     };
     if must_match == Some(false) {
         return Precondition::Failed;
@@ -527,12 +527,8 @@ fn preconditions(headers: &HeaderMap, modified: Option<SystemTime>) -> Precondit
         // An entity tag: never ours. A date: the file's, to the second (golang/go#8367).
         Some(v) => {
             scan_etag(v).is_none()
-                && modified.is_some_and(|m| {
-                    std::str::from_utf8(v)
-                        .ok()
-                        .and_then(|v| httpdate::parse_http_date(v).ok())
-                        .is_some_and(|t| unix_secs(t) == unix_secs(m))
-                })
+                && modified
+                    .is_some_and(|m| header_time(headers, header::IF_RANGE) == Some(unix_secs(m)))
         }
     });
     Precondition::Serve { range }
@@ -571,11 +567,6 @@ fn scan_etag(v: &[u8]) -> Option<&[u8]> {
         }
     }
     None
-}
-
-/// A file time Go would use: known, and not the Unix epoch (Go's `isZeroTime`).
-fn known_time(t: Option<SystemTime>) -> Option<SystemTime> {
-    t.filter(|t| *t != UNIX_EPOCH)
 }
 
 /// A date header in any of HTTP's three formats, in seconds since the epoch.
