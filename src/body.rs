@@ -12,15 +12,17 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::h2pool::RecvBody;
 use crate::metrics::GaugeGuard;
 use crate::www::FileBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A streamed body, a small body made by the proxy, a tracked response stream, or a
-/// static file (`--www`).
+/// A streamed body (a client's request body), an API server's response body, a small
+/// body made by the proxy, a tracked response stream, or a static file (`--www`).
 pub enum ProxyBody {
     Stream(Incoming),
+    Response(UpstreamBody),
     Full(Option<Bytes>),
     Tracked(Box<Tracked>),
     File(Box<FileBody>),
@@ -29,7 +31,7 @@ pub enum ProxyBody {
 /// A response stream with extras: it may end at shutdown (a watch), count as an active
 /// watch, and write an access-log line when it is done.
 pub struct Tracked {
-    pub inner: Incoming,
+    pub inner: UpstreamBody,
     /// When this resolves the stream ends cleanly, so a watch client sees a normal end
     /// and re-establishes the watch elsewhere.
     pub stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
@@ -89,6 +91,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Response(inner) => Pin::new(inner).poll_frame(cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tracked(t) => {
                 if let Some(stop) = t.stop.as_mut() {
@@ -102,7 +105,7 @@ impl Body for ProxyBody {
                         log.bytes += data.len() as u64;
                     }
                 }
-                polled.map_err(Into::into)
+                polled
             }
             ProxyBody::File(f) => Pin::new(f.as_mut()).poll_frame(cx).map_err(Into::into),
         }
@@ -111,6 +114,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Stream(inner) => inner.is_end_stream(),
+            ProxyBody::Response(inner) => inner.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Tracked(t) => t.inner.is_end_stream(),
             ProxyBody::File(f) => f.is_end_stream(),
@@ -120,6 +124,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Stream(inner) => inner.size_hint(),
+            ProxyBody::Response(inner) => inner.size_hint(),
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -127,6 +132,41 @@ impl Body for ProxyBody {
             ProxyBody::Tracked(t) if t.stop.is_some() => SizeHint::new(),
             ProxyBody::Tracked(t) => t.inner.size_hint(),
             ProxyBody::File(f) => f.size_hint(),
+        }
+    }
+}
+
+/// A response body from the API server, over either protocol.
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(RecvBody),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(b) => b.is_end_stream(),
+            UpstreamBody::Http2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(b) => b.size_hint(),
+            UpstreamBody::Http2(b) => b.size_hint(),
         }
     }
 }

@@ -1,52 +1,64 @@
-//! Upstream HTTP/2 (`--upstream-http2`): requests multiplexed over a few connections,
-//! never waiting behind the API server's concurrent-stream limit.
+//! Upstream HTTP/2: requests multiplexed over a few connections, never waiting behind the
+//! API server's concurrent-stream limit, never resetting a stream the server completed.
 //!
-//! hyper's HTTP/2 client queues a request once a connection holds as many streams as the
-//! server's `SETTINGS_MAX_CONCURRENT_STREAMS`, and does not tell us that limit. A watch
-//! holds its stream for as long as it runs, so a queued request could wait forever. So
-//! each connection's bytes (plaintext, between TLS and hyper) pass through [`Sniff`],
-//! which follows the HTTP/2 frame boundaries in both directions without copying: it reads
-//! the server's SETTINGS (the limit) and GOAWAY (no new streams), and counts a stream as
-//! closed when both sides have ended it or either reset it. A request reserves a slot on
-//! the first connection with one free (an atomic compare-and-swap on a snapshot of the
-//! connection list, no lock); when all are full, one new connection is dialled
-//! (single-flight: the only lock, held while dialling) and the request goes there.
-//! Connections that close or receive GOAWAY drop out of the list.
+//! Built on the `h2` crate directly rather than hyper's HTTP/2 client, because this pool
+//! needs four things hyper does not expose:
+//! - the server's `SETTINGS_MAX_CONCURRENT_STREAMS` (`current_max_send_streams`), so a
+//!   request goes to a connection with a free stream or to a new one, instead of queueing
+//!   behind watches that hold their streams for hours;
+//! - the end of a response body on its own terms. Go's server often sends END_STREAM in an
+//!   empty DATA frame after the body (`../shared/reference/go-apiserver.md`); hyper's
+//!   HTTP/1.1 server drops a body once its `Content-Length` is written, and a dropped
+//!   hyper/h2 stream is reset (RST_STREAM CANCEL). Under load those resets outnumber h2's
+//!   memory of reset streams (`max_concurrent_reset_streams`); the END_STREAM frame then
+//!   arrives for a forgotten stream, h2 answers STREAM_CLOSED and counts it as a library
+//!   error, and past `max_local_error_reset_streams` (1,024) it sends GOAWAY
+//!   ENHANCE_YOUR_CALM and fails every stream on the connection (h2 0.4
+//!   `proto/streams/streams.rs`, `recv_data` / `reset_on_recv_stream_err`). Here
+//!   [`RecvBody`] reads to END_STREAM when the body is complete, and resets explicitly
+//!   (a user reset, which h2 does not count) when a client leaves mid-body;
+//! - the request body's failures: a body that errors (or whose trailers h2 refuses) resets
+//!   the stream and answers the caller, where hyper's pipe only logged it and left the
+//!   stream open forever;
+//! - PING on demand: a request that has waited for response headers on a connection that
+//!   has been silent makes the pool ping it at once ([`Health`]).
 //!
-//! A reservation lasts until the sniffer sees its stream closed. A request that fails
-//! before its HEADERS frame is written keeps its slot: an over-count, which at worst opens
-//! a connection early, never makes a request wait.
+//! A request reserves a slot on the first connection with one free (a compare-and-swap on
+//! a snapshot of the connection list, no lock); the slot is a guard released when the
+//! request ends however it ends (failed, cancelled, body finished or dropped). When all are
+//! full, one new connection is dialled (single-flight: the only lock, held while
+//! dialling). Connections that close, go away or are declared dead drop out of the list;
+//! an idle one is closed after [`IDLE_TIMEOUT`].
 //!
 //! If the server does not pick `h2` in ALPN (or the upstream is plain `http://`), every
-//! request goes to the HTTP/1.1 client, as without the flag.
+//! request goes to the HTTP/1.1 client.
 
-use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{Method, Request, Response, Uri, Version, header};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http2::{self, SendRequest};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::Connection as _;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 use tower_service::Service as _;
 
 use crate::body::{BoxError, ProxyBody};
+use crate::headers;
 use crate::metrics::{Metrics, Open};
 use crate::upstream::Connector;
 
-/// Used when the server's SETTINGS name no limit (RFC 9113 §6.5.2: unlimited), as Go's
-/// HTTP/2 transport does.
-const UNLIMITED_STREAMS: usize = 1000;
+/// Streams assumed until the server's SETTINGS arrive: RFC 9113 §6.5.2 recommends a server
+/// allow at least 100, and Go's transport starts with the same figure.
+const INITIAL_MAX_STREAMS: usize = 100;
 /// How many connections a request tries when the one it reserved turns out closed.
 const ATTEMPTS: usize = 3;
 /// The stream window bounds what one response can have buffered here while its client
@@ -60,11 +72,46 @@ const CONNECTION_WINDOW: u32 = 1 << 30;
 /// §6.5.2; the default is 16 KiB). Each frame is one chunk written to the client, so a
 /// 160 KB LIST arrives in 3 writes instead of 10. Measured (500-pod LIST, 16 connections,
 /// `wrk`): proxy CPU per LIST 426–533 → 321–381 µs, LISTs/s +50%; 256 KiB frames did no
-/// better. The codec holds at most one whole frame per connection: 64 KiB.
+/// better.
 const MAX_FRAME: u32 = 1 << 16;
+/// Response headers larger than this are refused (Go's server limits request headers to
+/// 1 MiB; API server responses carry a few hundred bytes).
+const MAX_HEADER_LIST: u32 = 1 << 20;
+/// Reset streams h2 remembers (to ignore the frames still in flight for them) before it
+/// forgets the oldest; a frame for a forgotten stream costs a counted library reset. Each
+/// costs a few hundred bytes for [`RESET_MEMORY`] at most.
+const MAX_RESET_STREAMS: usize = 1024;
+const RESET_MEMORY: Duration = Duration::from_secs(10);
 /// A connection with no stream for this long (checked at this period) is closed, as the
 /// HTTP/1.1 pool closes its idle connections.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a complete body (all `Content-Length` bytes through) may wait for its
+/// END_STREAM before the stream is reset after all. Go sends it as the handler returns.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// When the pool pings a connection (`--upstream-ping-interval`, `--upstream-ping-timeout`).
+#[derive(Debug, Clone, Copy)]
+pub struct Health {
+    /// A connection silent this long is pinged (client-go's `ReadIdleTimeout`, 30 s).
+    pub interval: Duration,
+    /// A ping not answered within this declares the connection dead.
+    pub timeout: Duration,
+    /// A request still without response headers after this, on a connection silent as
+    /// long, has the connection pinged at once. A quiet watch is normal; a request that
+    /// waits for its headers on a connection that says nothing is how a black-holed
+    /// connection shows (kubernetes/kubernetes#95981).
+    pub suspect_after: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(5),
+            suspect_after: Duration::from_secs(1),
+        }
+    }
+}
 
 /// Why a request could not be sent over HTTP/2.
 #[derive(Debug, thiserror::Error)]
@@ -72,13 +119,15 @@ pub enum H2Error {
     #[error("cannot connect: {0}")]
     Connect(#[source] BoxError),
     #[error("HTTP/2 handshake failed: {0}")]
-    Handshake(#[source] hyper::Error),
-    #[error("no HTTP/2 SETTINGS from the API server within {0:?}")]
-    NoSettings(Duration),
-    #[error("the HTTP/2 connection closed before the API server's SETTINGS")]
-    ClosedEarly,
+    Handshake(#[source] h2::Error),
+    #[error("no HTTP/2 handshake with the API server within {0:?}")]
+    HandshakeTimeout(Duration),
     #[error(transparent)]
-    Request(#[from] hyper::Error),
+    Request(#[from] h2::Error),
+    #[error("the HTTP/2 connection was found dead (no answer to a PING within {0:?})")]
+    Dead(Duration),
+    #[error("the request body could not be sent: {0}")]
+    RequestBody(#[source] BoxError),
     /// The dial this request waited for failed: its error, shared by every waiter.
     #[error("{0}")]
     Dial(#[source] Arc<H2Error>),
@@ -86,7 +135,7 @@ pub enum H2Error {
 
 /// What [`H2Pool::send`] did with a request.
 pub enum Sent {
-    Response(Response<Incoming>),
+    Response(Response<RecvBody>),
     /// The server speaks HTTP/1.1 only: the request, untouched, for the HTTP/1.1 client.
     Http1(Request<ProxyBody>),
 }
@@ -97,7 +146,7 @@ type Conns = ArcSwap<Vec<Arc<Conn>>>;
 pub struct H2Pool {
     connector: Connector,
     /// Scheme and authority of the API server, for the connector.
-    origin: Uri,
+    origin: http::Uri,
     conns: Arc<Conns>,
     /// Held only while dialling, so that requests finding every connection full open
     /// one connection between them, not one each.
@@ -107,81 +156,129 @@ pub struct H2Pool {
     dials: AtomicU64,
     /// The server declined `h2` in ALPN.
     http1_only: AtomicBool,
-    /// Bounds the HTTP/2 handshake and the wait for the server's SETTINGS.
+    /// Bounds the HTTP/2 handshake.
     timeout: Duration,
+    health: Health,
     next_id: AtomicU64,
-    builder: http2::Builder<TokioExecutor>,
+    builder: h2::client::Builder,
     /// Counts the open connections for `/metrics`.
     metrics: Arc<Metrics>,
 }
 
 struct Conn {
     id: u64,
-    sender: SendRequest<H2Body>,
-    shared: Arc<Shared>,
+    send: h2::client::SendRequest<Bytes>,
+    state: Arc<ConnState>,
 }
 
-/// One connection's state, written by its [`Sniff`] and read by the pool.
-#[derive(Default)]
-struct Shared {
-    /// Reserved streams: requests handed to this connection whose streams have not
-    /// closed yet.
+/// One connection's state, shared by the pool, its requests and its tasks.
+struct ConnState {
+    /// Reserved streams: requests on this connection that have not ended.
     in_use: AtomicUsize,
     /// Streams ever reserved: unchanged over an idle period means unused.
     opened: AtomicU64,
-    /// The server's SETTINGS_MAX_CONCURRENT_STREAMS.
-    limit: AtomicUsize,
-    settled: AtomicBool,
-    /// Closed, failed, or GOAWAY received: no new streams.
+    /// GOAWAY received, closed or dead: no new streams.
     closed: AtomicBool,
-    /// Wakes the dialler when SETTINGS arrive (or the connection ends first).
-    wake: Notify,
+    /// The transport ended (EOF, error) or the connection was declared dead. Set before
+    /// h2 fails the streams, so a GOAWAY error seen with this unset is a refusal of an
+    /// unprocessed stream (above the GOAWAY's last-stream-id), not a connection loss.
+    transport_ended: AtomicBool,
+    /// When bytes last arrived from the server, in ms since `epoch`.
+    last_read: AtomicU64,
+    epoch: Instant,
+    /// Asks the health task for a PING now.
+    suspect: Notify,
+    /// Tells the driver to drop the connection (declared dead).
+    kill: Notify,
 }
 
-impl Shared {
-    fn release(&self) {
-        let _ = self
-            .in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+impl ConnState {
+    fn new() -> ConnState {
+        ConnState {
+            in_use: AtomicUsize::new(0),
+            opened: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            transport_ended: AtomicBool::new(false),
+            last_read: AtomicU64::new(0),
+            epoch: Instant::now(),
+            suspect: Notify::new(),
+            kill: Notify::new(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn silent_for(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_read.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// A reserved stream slot; released on drop, however the request ends.
+pub struct Slot(Arc<ConnState>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Conn {
     /// Reserves a stream slot if the connection is open and below the server's limit.
-    fn try_acquire(&self) -> bool {
-        if self.shared.closed.load(Ordering::Acquire) || self.sender.is_closed() {
-            return false;
+    fn try_acquire(&self) -> Option<Slot> {
+        if self.state.closed.load(Ordering::Acquire) {
+            return None;
         }
-        let limit = self.shared.limit.load(Ordering::Acquire);
-        self.shared
+        let limit = self.send.current_max_send_streams();
+        self.state
             .in_use
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
-            .is_ok_and(|_| {
-                self.shared.opened.fetch_add(1, Ordering::Relaxed);
-                true
-            })
+            .ok()?;
+        self.state.opened.fetch_add(1, Ordering::Relaxed);
+        Some(Slot(self.state.clone()))
     }
+}
+
+/// Why one attempt failed, and what may be tried next.
+enum Failed {
+    /// The connection would take no new stream: the request, untouched, for another.
+    NotSent(Request<ProxyBody>),
+    /// Refused unprocessed by the server: safe to send anywhere, whatever the method.
+    Refused(H2Error),
+    /// Lost with its connection before response headers.
+    Lost(H2Error),
+    Final(H2Error),
 }
 
 impl H2Pool {
     /// `connector` must offer `h2` in ALPN (see [`crate::upstream::connector_h2`]).
     pub fn new(
         connector: Connector,
-        origin: Uri,
+        origin: http::Uri,
         timeout: Duration,
+        health: Health,
         metrics: Arc<Metrics>,
     ) -> H2Pool {
-        let mut builder = http2::Builder::new(TokioExecutor::new());
+        let mut builder = h2::client::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(15))
-            .keep_alive_while_idle(true);
+            .max_header_list_size(MAX_HEADER_LIST)
+            .initial_max_send_streams(INITIAL_MAX_STREAMS)
+            .max_concurrent_reset_streams(MAX_RESET_STREAMS)
+            .reset_stream_duration(RESET_MEMORY)
+            // The peer is the one API server this process was configured with, verified
+            // by TLS; the resets h2 would count are ones our own clients cause by leaving.
+            // No client, however it behaves, may make us GOAWAY the shared connection.
+            .max_local_error_reset_streams(None)
+            .enable_push(false);
         H2Pool {
             connector,
             origin,
@@ -190,6 +287,7 @@ impl H2Pool {
             dials: AtomicU64::new(0),
             http1_only: AtomicBool::new(false),
             timeout,
+            health,
             next_id: AtomicU64::new(0),
             builder,
             metrics,
@@ -202,65 +300,170 @@ impl H2Pool {
     }
 
     /// Sends `req` on a connection with a free stream slot, dialling one if none has.
+    /// A request the server refused unprocessed (REFUSED_STREAM, or above a GOAWAY's
+    /// last-stream-id: RFC 9113 §8.7) goes to another connection whatever its method; one
+    /// lost with its connection before response headers is sent again once if it is
+    /// idempotent and has no body. Nothing else is retried.
     pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Sent, H2Error> {
+        let bodiless = req.body().is_end_stream();
+        let mut lost_retry = bodiless && idempotent(req.method());
+        let mut last = None;
         for _ in 0..ATTEMPTS {
             if self.http1_only.load(Ordering::Acquire) {
                 return Ok(Sent::Http1(req));
             }
-            let conn = match self.acquire() {
-                Some(conn) => conn,
+            let (conn, slot) = match self.acquire() {
+                Some(found) => found,
                 // Boxed: dialling (TCP, TLS, handshake) is rare, and inline its state
                 // would make every request's future kilobytes larger.
                 None => match Box::pin(self.dial_single_flight()).await? {
-                    Some(conn) => conn,
+                    Some(found) => found,
                     None => return Ok(Sent::Http1(req)),
                 },
             };
-            let host = req.headers_mut().remove(header::HOST);
-            *req.version_mut() = Version::HTTP_2;
-            let hide_empty = !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH);
-            let h2_req = req.map(|inner| H2Body { inner, hide_empty });
-            let mut sender = conn.sender.clone();
-            match sender.try_send_request(h2_req).await {
+            // A bodiless request's head is kept for another attempt; a body is never
+            // kept, so a request with one is sent once.
+            let copy = bodiless.then(|| head_copy(&req));
+            let again = match self.attempt(&conn, slot, req).await {
                 Ok(resp) => return Ok(Sent::Response(resp)),
-                Err(mut e) => match e.take_message() {
-                    // Never sent: the connection had closed. Try another.
-                    Some(mut back) => {
-                        tracing::debug!(
-                            conn = conn.id,
-                            "HTTP/2 connection closed before the request went out; retrying"
-                        );
-                        conn.shared.closed.store(true, Ordering::Release);
-                        conn.shared.release();
-                        self.remove(conn.id);
-                        *back.version_mut() = Version::HTTP_11;
-                        if let Some(host) = host {
-                            back.headers_mut().insert(header::HOST, host);
-                        }
-                        req = back.map(|body| body.inner);
+                Err(Failed::NotSent(back)) => back,
+                Err(Failed::Refused(e)) => match copy {
+                    Some(copy) => {
+                        tracing::debug!(conn = conn.id, "request refused unprocessed ({e}); trying another connection");
+                        last = Some(e);
+                        copy
                     }
-                    None => return Err(H2Error::Request(e.into_error())),
+                    None => return Err(e),
                 },
-            }
+                Err(Failed::Lost(e)) => match copy.filter(|_| lost_retry) {
+                    Some(copy) => {
+                        tracing::debug!(conn = conn.id, "connection lost before the response ({e}); sending again");
+                        lost_retry = false;
+                        last = Some(e);
+                        copy
+                    }
+                    None => return Err(e),
+                },
+                Err(Failed::Final(e)) => return Err(e),
+            };
+            self.retire(&conn);
+            req = again;
         }
-        // Every attempt met a closing connection: the caller's HTTP/1.1 client gets it.
-        Ok(Sent::Http1(req))
+        match last {
+            Some(e) => Err(e),
+            // Every attempt met a closing connection: the HTTP/1.1 client gets it.
+            None => Ok(Sent::Http1(req)),
+        }
     }
 
-    fn acquire(&self) -> Option<Arc<Conn>> {
-        self.conns.load().iter().find(|c| c.try_acquire()).cloned()
+    /// One try on `conn`.
+    async fn attempt(
+        &self,
+        conn: &Conn,
+        slot: Slot,
+        req: Request<ProxyBody>,
+    ) -> Result<Response<RecvBody>, Failed> {
+        let mut send = conn.send.clone();
+        // Waits for h2's own pending-open slot (one stream being opened at a time per
+        // handle); at the stream limit we never get here, see `try_acquire`. An error
+        // here (GOAWAY received, connection closed) leaves the request unsent.
+        if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
+            return Err(Failed::NotSent(req));
+        }
+        let (parts, body) = req.into_parts();
+        let end = body.is_end_stream();
+        let mut head = Request::from_parts(parts, ());
+        prepare_head(&mut head, end);
+        let (response, stream) = match send.send_request(head, end) {
+            Ok(sent) => sent,
+            Err(e) => return Err(Failed::Refused(e.into())),
+        };
+        let (reset, body_failed) = if end {
+            (Reset::Direct(stream), None)
+        } else {
+            let (cancel_tx, cancel_rx) = oneshot::channel();
+            let (failed_tx, failed_rx) = oneshot::channel();
+            tokio::spawn(pipe(body, stream, cancel_rx, failed_tx));
+            (Reset::Pipe(Some(cancel_tx)), Some(failed_rx))
+        };
+        match self.await_headers(&conn.state, response).await {
+            Ok(resp) => {
+                let (parts, recv) = resp.into_parts();
+                let remaining = content_length(&parts.headers);
+                let body = RecvBody {
+                    inner: Some(Inner {
+                        recv,
+                        reset: Some(reset),
+                        _slot: slot,
+                    }),
+                    remaining,
+                    data_done: false,
+                    done: false,
+                    early: None,
+                };
+                Ok(Response::from_parts(parts, body))
+            }
+            Err(e) => {
+                if let Some(cause) = body_failed.and_then(|mut f| f.try_recv().ok()) {
+                    return Err(Failed::Final(H2Error::RequestBody(cause)));
+                }
+                let ended = conn.state.transport_ended.load(Ordering::Acquire);
+                let refused = e.is_remote()
+                    && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                        || e.is_go_away() && !ended);
+                Err(if refused {
+                    Failed::Refused(e.into())
+                } else if ended || e.is_io() {
+                    Failed::Lost(e.into())
+                } else {
+                    Failed::Final(e.into())
+                })
+            }
+        }
+    }
+
+    /// Awaits response headers; past [`Health::suspect_after`] on a connection silent as
+    /// long, asks for a PING so that a dead connection is found in seconds.
+    async fn await_headers(
+        &self,
+        state: &ConnState,
+        mut response: h2::client::ResponseFuture,
+    ) -> Result<Response<h2::RecvStream>, h2::Error> {
+        let suspect_after = self.health.suspect_after;
+        tokio::select! {
+            biased;
+            r = &mut response => return r,
+            () = tokio::time::sleep(suspect_after) => {}
+        }
+        if state.silent_for() >= suspect_after {
+            state.suspect.notify_one();
+        }
+        response.await
+    }
+
+    fn acquire(&self) -> Option<(Arc<Conn>, Slot)> {
+        self.conns
+            .load()
+            .iter()
+            .find_map(|c| Some((c.clone(), c.try_acquire()?)))
+    }
+
+    /// Takes `conn` out of the pool: no new streams; those open finish.
+    fn retire(&self, conn: &Conn) {
+        conn.state.closed.store(true, Ordering::Release);
+        remove(&self.conns, conn.id);
     }
 
     /// `None`: the server speaks HTTP/1.1 only.
-    async fn dial_single_flight(&self) -> Result<Option<Arc<Conn>>, H2Error> {
+    async fn dial_single_flight(&self) -> Result<Option<(Arc<Conn>, Slot)>, H2Error> {
         let before = self.dials.load(Ordering::Acquire);
         let mut last_failure = self.dialing.lock().await;
         if self.http1_only.load(Ordering::Acquire) {
             return Ok(None);
         }
         // Another request may have dialled while this one waited for the lock.
-        if let Some(conn) = self.acquire() {
-            return Ok(Some(conn));
+        if let Some(found) = self.acquire() {
+            return Ok(Some(found));
         }
         // ...and failed: every waiter gets that answer, instead of one dial (and one
         // connect timeout) after another.
@@ -290,22 +493,20 @@ impl H2Pool {
             return Ok(None);
         };
         // Reserved for this request before anyone else can see it.
-        conn.shared.in_use.fetch_add(1, Ordering::AcqRel);
+        conn.state.in_use.fetch_add(1, Ordering::AcqRel);
+        conn.state.opened.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(conn.state.clone());
         self.conns.rcu(|list| {
             let mut list = Vec::clone(list);
             list.push(conn.clone());
             list
         });
-        Ok(Some(conn))
-    }
-
-    fn remove(&self, id: u64) {
-        remove(&self.conns, id);
+        Ok(Some((conn, slot)))
     }
 
     async fn dial(&self) -> Result<Option<Arc<Conn>>, H2Error> {
         let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| connector.poll_ready(cx))
+        poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(H2Error::Connect)?;
         let stream = connector
@@ -318,62 +519,105 @@ impl H2Pool {
         let MaybeHttpsStream::Https(tls) = stream else {
             return Ok(None);
         };
-        let shared = Arc::new(Shared::default());
-        let io = TokioIo::new(Sniff::new(tls.into_inner(), shared.clone()));
-        let (sender, connection) = tokio::time::timeout(self.timeout, self.builder.handshake(io))
-            .await
-            .map_err(|_| H2Error::NoSettings(self.timeout))?
-            .map_err(H2Error::Handshake)?;
+        let state = Arc::new(ConnState::new());
+        let io = Watched {
+            io: tls.into_inner(),
+            state: state.clone(),
+        };
+        let (send, mut connection) =
+            tokio::time::timeout(self.timeout, self.builder.handshake::<_, Bytes>(io))
+                .await
+                .map_err(|_| H2Error::HandshakeTimeout(self.timeout))?
+                .map_err(H2Error::Handshake)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let ping = connection.ping_pong();
         let conns = Arc::downgrade(&self.conns);
-        let driver_shared = shared.clone();
+        let driver_state = state.clone();
         let open = self.metrics.open(Open::UpstreamHttp2);
         tokio::spawn(async move {
             let _open = open;
-            if let Err(e) = connection.await {
-                tracing::debug!(conn = id, "HTTP/2 connection to the API server ended: {e}");
+            tokio::select! {
+                r = &mut connection => if let Err(e) = r {
+                    tracing::debug!(conn = id, "HTTP/2 connection to the API server ended: {e}");
+                },
+                () = driver_state.kill.notified() => {}
             }
-            driver_shared.closed.store(true, Ordering::Release);
-            driver_shared.wake.notify_one();
+            driver_state.transport_ended.store(true, Ordering::Release);
+            driver_state.closed.store(true, Ordering::Release);
             if let Some(conns) = conns.upgrade() {
                 remove(&conns, id);
             }
+            // Dropping the connection fails the streams still open on it.
+            drop(connection);
         });
-        spawn_idle_reaper(id, Arc::downgrade(&shared), Arc::downgrade(&self.conns));
-        if !shared.settled.load(Ordering::Acquire) {
-            tokio::time::timeout(self.timeout, shared.wake.notified())
-                .await
-                .map_err(|_| H2Error::NoSettings(self.timeout))?;
+        if let Some(ping) = ping {
+            tokio::spawn(watch_health(id, ping, Arc::downgrade(&state), self.health));
         }
-        if !shared.settled.load(Ordering::Acquire) {
-            return Err(H2Error::ClosedEarly);
+        spawn_idle_reaper(id, Arc::downgrade(&state), Arc::downgrade(&self.conns));
+        tracing::debug!(conn = id, "new HTTP/2 connection to the API server");
+        Ok(Some(Arc::new(Conn { id, send, state })))
+    }
+}
+
+/// PINGs connection `id` when it has been silent for [`Health::interval`], or at once when
+/// a request suspects it; no PONG within [`Health::timeout`] declares it dead: out of the
+/// pool, and its streams failed (the requests without a body among them are sent again
+/// on another connection, see [`H2Pool::send`]).
+async fn watch_health(
+    id: u64,
+    mut ping: h2::PingPong,
+    state: std::sync::Weak<ConnState>,
+    health: Health,
+) {
+    loop {
+        let Some(s) = state.upgrade() else { return };
+        if s.closed.load(Ordering::Acquire) {
+            return;
         }
-        tracing::debug!(
-            conn = id,
-            max_streams = shared.limit.load(Ordering::Acquire),
-            "new HTTP/2 connection to the API server"
-        );
-        Ok(Some(Arc::new(Conn { id, sender, shared })))
+        let wait = health.interval.saturating_sub(s.silent_for());
+        let asked = tokio::select! {
+            () = tokio::time::sleep(wait) => false,
+            () = s.suspect.notified() => true,
+        };
+        if !asked && s.silent_for() < health.interval {
+            continue;
+        }
+        match tokio::time::timeout(health.timeout, ping.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // The connection is gone already; the driver cleans up.
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::warn!(
+                    conn = id,
+                    "the API server did not answer an HTTP/2 PING within {:?}; closing the connection",
+                    health.timeout
+                );
+                s.transport_ended.store(true, Ordering::Release);
+                s.closed.store(true, Ordering::Release);
+                s.kill.notify_one();
+                return;
+            }
+        }
     }
 }
 
 /// Closes connection `id` once it has carried no stream for an [`IDLE_TIMEOUT`] period:
-/// out of the list, its last `SendRequest` goes and hyper ends the connection.
-fn spawn_idle_reaper(id: u64, shared: std::sync::Weak<Shared>, conns: std::sync::Weak<Conns>) {
+/// out of the list, its last `SendRequest` goes and h2 ends the connection.
+fn spawn_idle_reaper(id: u64, state: std::sync::Weak<ConnState>, conns: std::sync::Weak<Conns>) {
     tokio::spawn(async move {
         let mut last = u64::MAX;
         loop {
             tokio::time::sleep(IDLE_TIMEOUT).await;
-            let Some(shared) = shared.upgrade() else {
+            let Some(state) = state.upgrade() else {
                 return;
             };
-            if shared.closed.load(Ordering::Acquire) {
+            if state.closed.load(Ordering::Acquire) {
                 return;
             }
-            let opened = shared.opened.load(Ordering::Relaxed);
-            if shared.in_use.load(Ordering::Acquire) == 0 && opened == last {
+            let opened = state.opened.load(Ordering::Relaxed);
+            if state.in_use.load(Ordering::Acquire) == 0 && opened == last {
                 tracing::debug!(conn = id, "closing idle HTTP/2 connection");
-                shared.closed.store(true, Ordering::Release);
+                state.closed.store(true, Ordering::Release);
                 if let Some(conns) = conns.upgrade() {
                     remove(&conns, id);
                 }
@@ -393,15 +637,190 @@ fn remove(conns: &Conns, id: u64) {
     });
 }
 
-/// A request body as sent over HTTP/2. hyper's HTTP/2 client adds `content-length: 0`
-/// to an empty body unless the method is GET, HEAD, DELETE or CONNECT; Go's (so kubectl's
-/// and the HTTP/1.1 path's) only for POST, PUT and PATCH. `hide_empty` keeps it Go's.
-pub struct H2Body {
-    inner: ProxyBody,
-    hide_empty: bool,
+/// Methods that can be sent twice without harm (with no body: Go's rule).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
-impl Body for H2Body {
+/// What it takes to build the request again.
+struct Head {
+    method: Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn with_body(self, body: ProxyBody) -> Request<ProxyBody> {
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+fn head_copy(req: &Request<ProxyBody>) -> Request<ProxyBody> {
+    Head {
+        method: req.method().clone(),
+        uri: req.uri().clone(),
+        headers: req.headers().clone(),
+    }
+    .with_body(ProxyBody::empty())
+}
+
+/// The request head as HTTP/2 carries it: no `Host` (`:authority` comes from the URI),
+/// and `content-length: 0` on an empty POST, PUT or PATCH as Go's transport (so kubectl
+/// and our HTTP/1.1 path) sends it.
+fn prepare_head(head: &mut Request<()>, empty: bool) {
+    head.headers_mut().remove(header::HOST);
+    *head.version_mut() = Version::HTTP_2;
+    if empty
+        && matches!(*head.method(), Method::POST | Method::PUT | Method::PATCH)
+        && !head.headers().contains_key(header::CONTENT_LENGTH)
+    {
+        head.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// How a response that is dropped before its end resets its stream: a user reset, which
+/// h2 does not count against the connection (see the module comment).
+enum Reset {
+    /// Bodiless request: the send half is ours.
+    Direct(h2::SendStream<Bytes>),
+    /// The body's pipe task holds the send half; this asks it to reset.
+    Pipe(Option<oneshot::Sender<()>>),
+}
+
+impl Reset {
+    fn cancel(&mut self) {
+        match self {
+            Reset::Direct(s) => s.send_reset(h2::Reason::CANCEL),
+            Reset::Pipe(tx) => {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+        }
+    }
+}
+
+/// Streams a request body into its HTTP/2 stream, with flow control. A body that fails,
+/// or trailers h2 refuses, reset the stream: the response future then fails, and the
+/// caller answers with `failed`'s cause instead of waiting forever. Afterwards, waits for
+/// the response side to ask for a reset (a client that left mid-response).
+async fn pipe(
+    mut body: ProxyBody,
+    mut stream: h2::SendStream<Bytes>,
+    mut cancel: oneshot::Receiver<()>,
+    failed: oneshot::Sender<BoxError>,
+) {
+    // `None`: the response ended or was dropped while the body was still going (the
+    // server answered early; RFC 9113 §8.1 lets a client stop sending then).
+    let sent = tokio::select! {
+        r = send_body(&mut body, &mut stream) => Some(r),
+        _ = &mut cancel => None,
+    };
+    let Some(sent) = sent else {
+        stream.send_reset(h2::Reason::CANCEL);
+        return;
+    };
+    if let Err(e) = sent {
+        tracing::debug!("request body failed: {e}");
+        stream.send_reset(h2::Reason::CANCEL);
+        let _ = failed.send(e);
+        return;
+    }
+    drop(body);
+    if cancel.await.is_ok() {
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+}
+
+async fn send_body(body: &mut ProxyBody, stream: &mut h2::SendStream<Bytes>) -> Result<(), BoxError> {
+    loop {
+        let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {
+            stream.send_data(Bytes::new(), true)?;
+            return Ok(());
+        };
+        let frame = match frame?.into_data() {
+            Ok(mut data) => {
+                while !data.is_empty() {
+                    stream.reserve_capacity(data.len());
+                    let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
+                        Some(granted) => granted?,
+                        None => return Err("the API server closed the request stream".into()),
+                    };
+                    let chunk = data.split_to(granted.min(data.len()));
+                    stream.send_data(chunk, false)?;
+                }
+                continue;
+            }
+            Err(frame) => frame,
+        };
+        if let Ok(mut trailers) = frame.into_trailers() {
+            headers::strip_hop_by_hop(&mut trailers);
+            stream.send_trailers(trailers)?;
+            return Ok(());
+        }
+    }
+}
+
+struct Inner {
+    recv: h2::RecvStream,
+    reset: Option<Reset>,
+    _slot: Slot,
+}
+
+/// A response body from HTTP/2: read to END_STREAM, and reset explicitly if dropped before.
+pub struct RecvBody {
+    inner: Option<Inner>,
+    /// `Content-Length` bytes still to come.
+    remaining: Option<u64>,
+    data_done: bool,
+    done: bool,
+    /// A chunk found while looking for END_STREAM (see `peek_end`).
+    early: Option<Bytes>,
+}
+
+impl RecvBody {
+    /// After the last `Content-Length` byte: if END_STREAM is already here, say so, so
+    /// that the HTTP/1.1 side ends the response with the body (instead of dropping it).
+    fn peek_end(&mut self, cx: &mut Context<'_>) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        match inner.recv.poll_data(cx) {
+            Poll::Ready(None) => self.data_done = true,
+            Poll::Ready(Some(Ok(data))) => {
+                let _ = inner.recv.flow_control().release_capacity(data.len());
+                if !data.is_empty() {
+                    self.early = Some(data);
+                }
+                return;
+            }
+            _ => return,
+        }
+        if let Poll::Ready(Ok(None)) = inner.recv.poll_trailers(cx) {
+            self.done = true;
+        }
+    }
+}
+
+impl Body for RecvBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -409,220 +828,101 @@ impl Body for H2Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(data) = this.early.take() {
+            return Poll::Ready(Some(Ok(Frame::data(data))));
+        }
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if !this.data_done {
+            match ready!(inner.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = inner.recv.flow_control().release_capacity(data.len());
+                    if let Some(left) = this.remaining.as_mut() {
+                        *left = left.saturating_sub(data.len() as u64);
+                        if *left == 0 {
+                            this.peek_end(cx);
+                        }
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                None => this.data_done = true,
+            }
+        }
+        let trailers = ready!(inner.recv.poll_trailers(cx));
+        this.done = true;
+        match trailers {
+            Ok(Some(mut t)) => {
+                headers::strip_hop_by_hop(&mut t);
+                Poll::Ready(Some(Ok(Frame::trailers(t))))
+            }
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(e.into()))),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.early.is_none()
+            && (self.done || self.inner.as_ref().is_none_or(|i| i.recv.is_end_stream()))
     }
 
     fn size_hint(&self) -> SizeHint {
-        let hint = self.inner.size_hint();
-        if self.hide_empty && hint.exact() == Some(0) {
-            return SizeHint::new();
-        }
-        hint
-    }
-}
-
-// ---- the frame sniffer ----
-
-const PREFACE_LEN: usize = 24;
-const FRAME_HEAD: usize = 9;
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
-const ACK: u8 = 0x1;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-/// SETTINGS payloads longer than this are not collected (real ones are tens of bytes).
-const MAX_SETTINGS_PAYLOAD: usize = 1024;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Dir {
-    Out,
-    In,
-}
-
-/// Follows frame boundaries in one direction.
-struct Scan {
-    /// Bytes of the client preface still to skip (outgoing only).
-    skip: usize,
-    head: [u8; FRAME_HEAD],
-    have: usize,
-    /// Payload bytes of the current frame still to come.
-    remaining: usize,
-    kind: u8,
-    flags: u8,
-    stream: u32,
-    /// The SETTINGS payload being collected, if this frame is one we read.
-    settings: Option<Vec<u8>>,
-}
-
-impl Scan {
-    fn new(skip: usize) -> Scan {
-        Scan {
-            skip,
-            head: [0; FRAME_HEAD],
-            have: 0,
-            remaining: 0,
-            kind: 0,
-            flags: 0,
-            stream: 0,
-            settings: None,
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n + self.early.as_ref().map_or(0, |b| b.len() as u64)),
+            None => SizeHint::new(),
         }
     }
 }
 
-/// Per-connection stream bookkeeping.
-#[derive(Default)]
-struct Streams {
-    /// Open client streams: (we ended it, the server ended it).
-    open: HashMap<u32, (bool, bool)>,
+impl Drop for RecvBody {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        if self.done || inner.recv.is_end_stream() {
+            return;
+        }
+        if self.remaining == Some(0) {
+            // Every byte the server promised is through; only END_STREAM is missing.
+            // Read on to it rather than reset a stream the server has completed.
+            tokio::spawn(async move {
+                let drained = tokio::time::timeout(DRAIN_LIMIT, async {
+                    while let Some(data) = inner.recv.data().await {
+                        let Ok(data) = data else { return false };
+                        let _ = inner.recv.flow_control().release_capacity(data.len());
+                    }
+                    inner.recv.trailers().await.is_ok()
+                })
+                .await;
+                if !matches!(drained, Ok(true)) {
+                    if let Some(reset) = inner.reset.as_mut() {
+                        reset.cancel();
+                    }
+                }
+            });
+            return;
+        }
+        if let Some(reset) = inner.reset.as_mut() {
+            reset.cancel();
+        }
+    }
 }
 
-/// An I/O stream that watches the HTTP/2 frames going through it.
-pub(crate) struct Sniff<T> {
+/// The TLS stream under h2, noting when bytes last arrived and when the transport ended.
+struct Watched<T> {
     io: T,
-    out: Scan,
-    inb: Scan,
-    streams: Streams,
-    shared: Arc<Shared>,
+    state: Arc<ConnState>,
 }
 
-impl<T> Sniff<T> {
-    fn new(io: T, shared: Arc<Shared>) -> Sniff<T> {
-        Sniff {
-            io,
-            out: Scan::new(PREFACE_LEN),
-            inb: Scan::new(0),
-            streams: Streams::default(),
-            shared,
-        }
-    }
-}
-
-fn feed(dir: Dir, scan: &mut Scan, streams: &mut Streams, shared: &Shared, mut buf: &[u8]) {
-    while !buf.is_empty() {
-        if scan.skip > 0 {
-            let n = scan.skip.min(buf.len());
-            scan.skip -= n;
-            buf = &buf[n..];
-            continue;
-        }
-        if scan.remaining > 0 {
-            let n = scan.remaining.min(buf.len());
-            if let Some(payload) = &mut scan.settings {
-                payload.extend_from_slice(&buf[..n]);
-            }
-            scan.remaining -= n;
-            buf = &buf[n..];
-            if scan.remaining == 0 {
-                frame(dir, scan, streams, shared);
-            }
-            continue;
-        }
-        let n = (FRAME_HEAD - scan.have).min(buf.len());
-        scan.head[scan.have..scan.have + n].copy_from_slice(&buf[..n]);
-        scan.have += n;
-        buf = &buf[n..];
-        if scan.have < FRAME_HEAD {
-            continue;
-        }
-        scan.have = 0;
-        let h = scan.head;
-        let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
-        scan.kind = h[3];
-        scan.flags = h[4];
-        scan.stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        scan.remaining = len;
-        scan.settings = (dir == Dir::In
-            && scan.kind == SETTINGS
-            && scan.flags & ACK == 0
-            && len <= MAX_SETTINGS_PAYLOAD)
-            .then(|| Vec::with_capacity(len));
-        if len == 0 {
-            frame(dir, scan, streams, shared);
-        }
-    }
-}
-
-/// Acts on a whole frame, once its last byte has gone through: as the HTTP/2 stack on
-/// our side sees it (a slot freed by a response's last DATA frame is not free before
-/// hyper has read that frame to its end).
-fn frame(dir: Dir, scan: &mut Scan, streams: &mut Streams, shared: &Shared) {
-    let stream = scan.stream;
-    let end = scan.flags & END_STREAM != 0;
-    let close = |streams: &mut Streams, id: u32| {
-        if streams.open.remove(&id).is_some() {
-            shared.release();
-        }
-    };
-    match (dir, scan.kind) {
-        (Dir::Out, HEADERS) if stream != 0 => {
-            let ends = streams.open.entry(stream).or_insert((false, false));
-            ends.0 |= end;
-            if ends.0 && ends.1 {
-                close(streams, stream);
-            }
-        }
-        (_, DATA | HEADERS) if end && stream != 0 => {
-            if let Some(ends) = streams.open.get_mut(&stream) {
-                match dir {
-                    Dir::Out => ends.0 = true,
-                    Dir::In => ends.1 = true,
-                }
-                if ends.0 && ends.1 {
-                    close(streams, stream);
-                }
-            }
-        }
-        (_, RST_STREAM) => close(streams, stream),
-        (Dir::In, SETTINGS) => {
-            if let Some(payload) = scan.settings.take() {
-                settings(&payload, shared);
-            }
-        }
-        (Dir::In, GOAWAY) => {
-            shared.closed.store(true, Ordering::Release);
-        }
-        _ => {}
-    }
-}
-
-/// Reads a SETTINGS payload; the first one settles the connection.
-fn settings(payload: &[u8], shared: &Shared) {
-    let mut limit = None;
-    for entry in payload.chunks_exact(6) {
-        let id = u16::from_be_bytes([entry[0], entry[1]]);
-        if id == SETTINGS_MAX_CONCURRENT_STREAMS {
-            let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
-            limit = Some(usize::try_from(value).unwrap_or(usize::MAX));
-        }
-    }
-    let first = !shared.settled.load(Ordering::Acquire);
-    match limit {
-        Some(n) => shared.limit.store(n, Ordering::Release),
-        // A later SETTINGS without the entry leaves the limit as it was.
-        None if first => shared.limit.store(UNLIMITED_STREAMS, Ordering::Release),
-        None => {}
-    }
-    if first {
-        shared.settled.store(true, Ordering::Release);
-        shared.wake.notify_one();
-    }
-}
-
-impl<T> Sniff<T> {
-    fn ended(&self) {
-        self.shared.closed.store(true, Ordering::Release);
-        self.shared.wake.notify_one();
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Sniff<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -632,41 +932,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Sniff<T> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.io).poll_read(cx, buf);
         match &result {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                if new.is_empty() && buf.remaining() > 0 {
-                    this.ended();
-                } else {
-                    feed(Dir::In, &mut this.inb, &mut this.streams, &this.shared, new);
-                }
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.state
+                    .last_read
+                    .store(this.state.now_ms(), Ordering::Relaxed);
             }
-            Poll::Ready(Err(_)) => this.ended(),
+            Poll::Ready(_) => this.state.transport_ended.store(true, Ordering::Release),
             Poll::Pending => {}
         }
         result
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for Sniff<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write(cx, buf);
-        match &result {
-            Poll::Ready(Ok(n)) => feed(
-                Dir::Out,
-                &mut this.out,
-                &mut this.streams,
-                &this.shared,
-                &buf[..(*n).min(buf.len())],
-            ),
-            Poll::Ready(Err(_)) => this.ended(),
-            Poll::Pending => {}
-        }
-        result
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -674,30 +958,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniff<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        match &result {
-            Poll::Ready(Ok(n)) => {
-                let mut left = *n;
-                for slice in bufs {
-                    if left == 0 {
-                        break;
-                    }
-                    let take = left.min(slice.len());
-                    feed(
-                        Dir::Out,
-                        &mut this.out,
-                        &mut this.streams,
-                        &this.shared,
-                        &slice[..take],
-                    );
-                    left -= take;
-                }
-            }
-            Poll::Ready(Err(_)) => this.ended(),
-            Poll::Pending => {}
-        }
-        result
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -710,112 +971,5 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniff<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame_bytes(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-        let len = payload.len();
-        let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-        out.extend_from_slice(&stream.to_be_bytes());
-        out.extend_from_slice(payload);
-        out
-    }
-
-    /// Feeds `bytes` one at a time: frame boundaries are followed across any split.
-    fn feed_bytewise(dir: Dir, scan: &mut Scan, streams: &mut Streams, shared: &Shared, b: &[u8]) {
-        for byte in b {
-            feed(dir, scan, streams, shared, std::slice::from_ref(byte));
-        }
-    }
-
-    #[test]
-    fn settings_set_the_limit_and_streams_release_their_slot() {
-        let shared = Shared::default();
-        let mut streams = Streams::default();
-        let mut out = Scan::new(PREFACE_LEN);
-        let mut inb = Scan::new(0);
-        // Server preface: SETTINGS with MAX_CONCURRENT_STREAMS = 8 (and another entry).
-        let mut payload = vec![0, 4, 0, 1, 0, 0];
-        payload.extend_from_slice(&[0, 3, 0, 0, 0, 8]);
-        feed_bytewise(
-            Dir::In,
-            &mut inb,
-            &mut streams,
-            &shared,
-            &frame_bytes(SETTINGS, 0, 0, &payload),
-        );
-        assert!(shared.settled.load(Ordering::Acquire));
-        assert_eq!(shared.limit.load(Ordering::Acquire), 8);
-        // Two requests reserved; the client preface, then a GET (HEADERS+END_STREAM) and a
-        // POST (HEADERS, DATA+END_STREAM).
-        shared.in_use.store(2, Ordering::Release);
-        let mut sent = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        sent.extend(frame_bytes(SETTINGS, 0, 0, &[]));
-        sent.extend(frame_bytes(HEADERS, END_STREAM | 0x4, 1, b"hdrs"));
-        sent.extend(frame_bytes(HEADERS, 0x4, 3, b"hdrs"));
-        sent.extend(frame_bytes(DATA, END_STREAM, 3, b"body"));
-        feed_bytewise(Dir::Out, &mut out, &mut streams, &shared, &sent);
-        assert_eq!(streams.open.len(), 2);
-        // The GET's response ends; the POST's is reset by the server.
-        let mut recv = frame_bytes(HEADERS, 0x4, 1, b"h");
-        recv.extend(frame_bytes(DATA, END_STREAM, 1, b"{}"));
-        // The last DATA frame's header and first byte: the slot is not free yet.
-        let (head, tail) = recv.split_at(recv.len() - 1);
-        feed(Dir::In, &mut inb, &mut streams, &shared, head);
-        assert_eq!(shared.in_use.load(Ordering::Acquire), 2);
-        feed(Dir::In, &mut inb, &mut streams, &shared, tail);
-        assert_eq!(shared.in_use.load(Ordering::Acquire), 1);
-        feed(
-            Dir::In,
-            &mut inb,
-            &mut streams,
-            &shared,
-            &frame_bytes(RST_STREAM, 0, 3, &[0, 0, 0, 8]),
-        );
-        assert_eq!(shared.in_use.load(Ordering::Acquire), 0);
-        assert!(streams.open.is_empty());
-        assert!(!shared.closed.load(Ordering::Acquire));
-        feed(
-            Dir::In,
-            &mut inb,
-            &mut streams,
-            &shared,
-            &frame_bytes(GOAWAY, 0, 0, &[0; 8]),
-        );
-        assert!(shared.closed.load(Ordering::Acquire));
-    }
-
-    #[test]
-    fn settings_without_a_limit_mean_go_s_default_and_acks_are_ignored() {
-        let shared = Shared::default();
-        let mut streams = Streams::default();
-        let mut inb = Scan::new(0);
-        feed(
-            Dir::In,
-            &mut inb,
-            &mut streams,
-            &shared,
-            &frame_bytes(SETTINGS, 0, 0, &[]),
-        );
-        assert_eq!(shared.limit.load(Ordering::Acquire), UNLIMITED_STREAMS);
-        feed(
-            Dir::In,
-            &mut inb,
-            &mut streams,
-            &shared,
-            &frame_bytes(SETTINGS, ACK, 0, &[]),
-        );
-        feed(
-            Dir::In,
-            &mut inb,
-            &mut streams,
-            &shared,
-            &frame_bytes(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]),
-        );
-        assert_eq!(shared.limit.load(Ordering::Acquire), 100);
     }
 }

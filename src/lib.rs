@@ -114,7 +114,12 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let client = upstream::client(connector.clone());
     let metrics = Arc::new(Metrics::default());
     // HTTP/2 needs TLS (ALPN): a plain `http://` upstream stays on HTTP/1.1.
-    let h2 = (cli.upstream_http2 && upstream.scheme == http::uri::Scheme::HTTPS)
+    let h2_policy = match cli.upstream_http2 {
+        cli::UpstreamHttp2::Always => proxy::Http2Policy::Always,
+        _ => proxy::Http2Policy::LongRunning,
+    };
+    let h2 = (cli.upstream_http2 != cli::UpstreamHttp2::Never
+        && upstream.scheme == http::uri::Scheme::HTTPS)
         .then(|| {
             http::Uri::builder()
                 .scheme(upstream.scheme.clone())
@@ -129,6 +134,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
                 upstream::connector_h2(&upstream, &tls, &opts),
                 origin,
                 cli.connect_timeout,
+                h2pool::Health {
+                    interval: cli.upstream_ping_interval,
+                    timeout: cli.upstream_ping_timeout,
+                    ..h2pool::Health::default()
+                },
                 metrics.clone(),
             )
         });
@@ -168,6 +178,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         upstream,
         client,
         h2,
+        h2_policy,
         connector,
         creds,
         filter,

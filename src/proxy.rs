@@ -13,7 +13,8 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::body::{AccessLog, ProxyBody, Tracked};
+
+use crate::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::filter::Filter;
@@ -31,8 +32,10 @@ use crate::www::Www;
 pub struct Proxy {
     pub(crate) upstream: Upstream,
     pub(crate) client: UpstreamClient,
-    /// `--upstream-http2`: tried first; the HTTP/1.1 client if the server declines.
+    /// `--upstream-http2`: tried first for the requests [`Http2Policy`] sends there; the
+    /// HTTP/1.1 client if the server declines.
     pub(crate) h2: Option<H2Pool>,
+    h2_policy: Http2Policy,
     pub(crate) connector: Connector,
     pub(crate) creds: Arc<Credentials>,
     pub(crate) filter: Option<Filter>,
@@ -50,6 +53,17 @@ pub struct Proxy {
     impersonate: Vec<(HeaderName, HeaderValue)>,
     host: HeaderValue,
     user_agent: HeaderValue,
+}
+
+/// Which requests go over HTTP/2 (`--upstream-http2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Http2Policy {
+    /// Long-running requests (watches, followed logs) over HTTP/2, where they share a few
+    /// connections; short ones over kept-alive HTTP/1.1 connections, which Go's server
+    /// answers with less work per request (see the README's "HTTP/2 or HTTP/1.1").
+    LongRunning,
+    /// Every request over HTTP/2, as kubectl does.
+    Always,
 }
 
 /// Where a request came from.
@@ -74,6 +88,7 @@ pub struct Parts {
     pub upstream: Upstream,
     pub client: UpstreamClient,
     pub h2: Option<H2Pool>,
+    pub h2_policy: Http2Policy,
     pub connector: Connector,
     pub creds: Arc<Credentials>,
     pub filter: Option<Filter>,
@@ -104,6 +119,7 @@ impl Proxy {
             upstream: p.upstream,
             client: p.client,
             h2: p.h2,
+            h2_policy: p.h2_policy,
             connector: p.connector,
             creds: p.creds,
             filter: p.filter,
@@ -152,8 +168,8 @@ impl Proxy {
             let body = resp.body_mut();
             match body {
                 ProxyBody::Tracked(t) => t.log = Some(log),
-                ProxyBody::Stream(_) => {
-                    let ProxyBody::Stream(inner) = std::mem::replace(body, ProxyBody::empty())
+                ProxyBody::Response(_) => {
+                    let ProxyBody::Response(inner) = std::mem::replace(body, ProxyBody::empty())
                     else {
                         unreachable!("matched above")
                     };
@@ -168,6 +184,8 @@ impl Proxy {
                     log.bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
                 }
                 ProxyBody::File(file) => log.bytes = file.remaining(),
+                // A request body: never a response's.
+                ProxyBody::Stream(_) => {}
             }
         }
         Ok(resp)
@@ -328,12 +346,13 @@ impl Proxy {
         &self,
         req: Request<ProxyBody>,
         replay: Option<&HeaderMap>,
-    ) -> Result<Response<Incoming>, Response<ProxyBody>> {
+        long_lived: bool,
+    ) -> Result<Response<UpstreamBody>, Response<ProxyBody>> {
+        let attempt = self.request_replaying(req, replay, long_lived);
         let result = if self.request_timeout.is_zero() {
-            self.request_replaying(req, replay).await
+            attempt.await
         } else {
-            match tokio::time::timeout(self.request_timeout, self.request_replaying(req, replay))
-                .await
+            match tokio::time::timeout(self.request_timeout, attempt).await
             {
                 Ok(result) => result,
                 Err(_) => {
@@ -370,11 +389,12 @@ impl Proxy {
         &self,
         req: Request<ProxyBody>,
         replay: Option<&HeaderMap>,
-    ) -> Result<Response<Incoming>, SendError> {
+        long_lived: bool,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let again = replay
             .filter(|_| idempotent(req.method()))
             .map(|headers| (req.method().clone(), req.uri().clone(), headers));
-        let mut result = self.dispatch(req).await;
+        let mut result = self.dispatch(req, long_lived).await;
         if let Some((method, uri, headers)) = again {
             for _ in 0..STALE_CONNECTION_RETRIES {
                 match &result {
@@ -383,7 +403,7 @@ impl Proxy {
                             "kept-alive connection closed by the API server ({e}); sending again"
                         );
                         let req = build(&method, &uri, headers.clone(), ProxyBody::empty());
-                        result = self.dispatch(req).await;
+                        result = self.dispatch(req, long_lived).await;
                     }
                     _ => break,
                 }
@@ -392,16 +412,23 @@ impl Proxy {
         result
     }
 
-    /// One attempt: over HTTP/2 when enabled and the server speaks it, else HTTP/1.1.
-    async fn dispatch(&self, req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
+    /// One attempt: over HTTP/2 when enabled for this kind of request and the server
+    /// speaks it, else HTTP/1.1. (The HTTP/2 pool retries what it safely can itself.)
+    pub(crate) async fn dispatch(
+        &self,
+        req: Request<ProxyBody>,
+        long_lived: bool,
+    ) -> Result<Response<UpstreamBody>, SendError> {
         let req = match &self.h2 {
-            Some(pool) => match pool.send(req).await? {
-                Sent::Response(resp) => return Ok(resp),
-                Sent::Http1(req) => req,
-            },
-            None => req,
+            Some(pool) if long_lived || self.h2_policy == Http2Policy::Always => {
+                match pool.send(req).await? {
+                    Sent::Response(resp) => return Ok(resp.map(UpstreamBody::Http2)),
+                    Sent::Http1(req) => req,
+                }
+            }
+            _ => req,
         };
-        Ok(self.client.request(req).await?)
+        Ok(self.client.request(req).await?.map(UpstreamBody::Http1))
     }
 
     async fn forward(
@@ -427,7 +454,7 @@ impl Proxy {
         let method = parts.method;
         let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
         let sent_at = Instant::now();
-        let mut resp = match self.send(upstream_req, replay.as_ref()).await {
+        let mut resp = match self.send(upstream_req, replay.as_ref(), long_lived).await {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
@@ -439,7 +466,7 @@ impl Proxy {
                     );
                     headers.insert(header::AUTHORIZATION, newer);
                     let retry = build(&method, &target, headers.clone(), ProxyBody::empty());
-                    resp = match Box::pin(self.send(retry, Some(&headers))).await {
+                    resp = match Box::pin(self.send(retry, Some(&headers), long_lived)).await {
                         Ok(resp) => resp,
                         Err(resp) => return resp,
                     };
@@ -459,7 +486,7 @@ impl Proxy {
                 log: None,
             }))
         } else {
-            ProxyBody::Stream(body)
+            ProxyBody::Response(body)
         };
         Response::from_parts(parts, body)
     }
@@ -478,7 +505,7 @@ impl Proxy {
         }
         let req = build(&Method::GET, &target, headers, ProxyBody::empty());
         // Over the connections requests use (HTTP/2 where the server speaks it).
-        match self.dispatch(req).await {
+        match self.dispatch(req, false).await {
             Ok(_) => self.metrics.upstream_answered(),
             Err(e) => {
                 let (_, _, kind, what) = classify(&e);
@@ -681,7 +708,7 @@ fn closed_connection(err: &SendError) -> bool {
     let err: &(dyn std::error::Error + 'static) = match err {
         SendError::Http1(e) if e.is_connect() => return false,
         SendError::Http1(e) => e,
-        SendError::Http2(e @ H2Error::Request(_)) => e,
+        // The HTTP/2 pool has already sent again what could safely go again.
         SendError::Http2(_) => return false,
     };
     chain(err).iter().any(|e| {

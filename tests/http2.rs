@@ -121,7 +121,7 @@ async fn with_upstream_http2_false_requests_stay_on_http1() {
 async fn after_a_goaway_open_watches_go_on_and_new_requests_take_a_new_connection() {
     // An API server with --goaway-chance, or one that is stopping, sends GOAWAY: the
     // streams it already has go on; new ones must use another connection.
-    let (api, _world, proxy) = setup(&[]).await;
+    let (api, _world, proxy) = setup(&["--upstream-http2=true"]).await;
     let watch_url = proxy.url(&format!("{PODS}?watch=1&resourceVersion=1"));
     let mut watch = support::open_watch(&api, &watch_url).await;
     let before = api.h2_connections_total();

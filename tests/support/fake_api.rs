@@ -12,6 +12,14 @@
 //! `resourceVersion` it gets only events sent after it opened. `timeoutSeconds` ends the
 //! stream; `allowWatchBookmarks` is accepted and ignored (bookmarks are only sent on demand).
 //!
+//! Framing, as Go's `net/http` HTTP/2 server (every real API server) does it, since a fake
+//! that frames like our own stack hides the bugs that meet Go
+//! (`../shared/reference/go-apiserver.md`): END_STREAM comes in an empty DATA frame of its
+//! own after the body (every other response after a pause: the handler task yields
+//! first), `Content-Length` is sent when the size is known, `MaxConcurrentStreams` is Go's
+//! 250 unless set, and `goaway_every` makes the server GOAWAY a connection after every
+//! n-th response on it, as kube-apiserver's `--goaway-chance` does.
+//!
 //! Authentication: a valid bearer token, or (with `require_client_cert`) any client
 //! certificate the CA signed. `/public/<rest>` serves `/<rest>` without authentication, and
 //! `/healthz`, `/livez`, `/readyz` are public as on a cluster allowing anonymous probes.
@@ -69,8 +77,11 @@ pub struct FakeApiOptions {
     pub require_client_cert: bool,
     /// 0 picks a free port.
     pub port: u16,
-    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS to advertise; `None` keeps hyper's default.
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS to advertise; `None`: Go's default, 250.
     pub max_concurrent_streams: Option<u32>,
+    /// GOAWAY an HTTP/2 connection after every n-th response on it (`--goaway-chance`,
+    /// made deterministic).
+    pub goaway_every: Option<usize>,
     /// Offer only `http/1.1` in ALPN and speak only HTTP/1.1, like a server (or a
     /// TLS-terminating load balancer in front of one) without HTTP/2. Off by default: `h2`
     /// and `http/1.1` are offered, in that order.
@@ -86,6 +97,7 @@ impl Default for FakeApiOptions {
             require_client_cert: false,
             port: 0,
             max_concurrent_streams: None,
+            goaway_every: None,
             http1_only: false,
         }
     }
@@ -119,6 +131,11 @@ impl FakeApiOptions {
         self
     }
     /// See [`FakeApiOptions::http1_only`].
+    pub fn goaway_every(mut self, n: usize) -> Self {
+        self.goaway_every = Some(n);
+        self
+    }
+
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
         self
@@ -252,7 +269,13 @@ struct State {
     port: AtomicU16,
     require_client_cert: bool,
     max_concurrent_streams: Option<u32>,
+    goaway_every: Option<usize>,
     http1_only: bool,
+    /// GOAWAYs sent because of `goaway_every`.
+    goaways_sent: std::sync::atomic::AtomicUsize,
+    /// Responses whose body was dropped before its end: the client reset the stream (or
+    /// closed the connection) mid-response.
+    abandoned: Arc<std::sync::atomic::AtomicUsize>,
     /// Connections that negotiated HTTP/2, ever.
     h2_connections: std::sync::atomic::AtomicUsize,
     tokens: RwLock<HashSet<String>>,
@@ -354,7 +377,10 @@ impl FakeApi {
             port: AtomicU16::new(opts.port),
             require_client_cert: opts.require_client_cert,
             max_concurrent_streams: opts.max_concurrent_streams,
+            goaway_every: opts.goaway_every,
             http1_only: opts.http1_only,
+            goaways_sent: std::sync::atomic::AtomicUsize::new(0),
+            abandoned: Arc::default(),
             h2_connections: std::sync::atomic::AtomicUsize::new(0),
             tokens: RwLock::new(opts.tokens.into_iter().collect()),
             tls: RwLock::new(tls_config(
@@ -533,6 +559,16 @@ impl FakeApi {
     }
 
     /// Connections that negotiated HTTP/2 in ALPN since start (closed ones included).
+    /// GOAWAYs sent because of [`FakeApiOptions::goaway_every`].
+    pub fn goaways_sent(&self) -> usize {
+        self.state.goaways_sent.load(Ordering::Relaxed)
+    }
+
+    /// Responses the client abandoned mid-body (a reset stream, a closed connection).
+    pub fn abandoned_responses(&self) -> usize {
+        self.state.abandoned.load(Ordering::Relaxed)
+    }
+
     pub fn h2_connections_total(&self) -> usize {
         self.state.h2_connections.load(Ordering::Relaxed)
     }
@@ -749,15 +785,37 @@ async fn serve_connection(
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
             state.h2_connections.fetch_add(1, Ordering::Relaxed);
         }
-        let svc = service_fn(move |req| handle(svc_state.clone(), conn.clone(), req));
+        // Per connection: responses served (for `goaway_every`) and the GOAWAY trigger.
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let conn_goaway = Arc::new(tokio::sync::Notify::new());
+        let trigger = conn_goaway.clone();
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let state = svc_state.clone();
+            let conn = conn.clone();
+            let served = served.clone();
+            let trigger = trigger.clone();
+            async move {
+                let h2 = req.version() == Version::HTTP_2;
+                let resp = handle(state.clone(), conn, req).await?;
+                let n = served.fetch_add(1, Ordering::Relaxed) + 1;
+                if h2 && state.goaway_every.is_some_and(|every| n % every == 0) {
+                    state.goaways_sent.fetch_add(1, Ordering::Relaxed);
+                    trigger.notify_one();
+                }
+                let pause = n % 2 == 0;
+                // HTTP/1.1 bodies of known length are dropped once written, by design.
+                let abandoned = h2.then(|| state.abandoned.clone());
+                Ok::<_, Infallible>(resp.map(|body| go_framing(body, pause, abandoned)))
+            }
+        });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         if state.http1_only {
             // No HTTP/2 by prior knowledge either: a preface is a malformed HTTP/1.1 request.
             builder = builder.http1_only();
         }
-        if let Some(n) = state.max_concurrent_streams {
-            builder.http2().max_concurrent_streams(n);
-        }
+        builder
+            .http2()
+            .max_concurrent_streams(state.max_concurrent_streams.unwrap_or(GO_MAX_STREAMS));
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
         tokio::pin!(conn);
         tokio::select! {
@@ -766,11 +824,87 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
                 let _ = conn.await;
             }
+            () = conn_goaway.notified() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = conn.await;
+            }
         }
     };
     tokio::select! {
         _ = close.changed() => {}
         _ = serve => {}
+    }
+}
+
+/// Go's `http2.Server` default `MaxConcurrentStreams`.
+const GO_MAX_STREAMS: u32 = 250;
+
+/// A response body framed as Go's HTTP/2 server frames it: the last data frame does not
+/// carry END_STREAM; an empty DATA frame does, after the body (with `pause`, after the
+/// serving task has yielded once, as when Go's handler returns after its last flush).
+fn go_framing(
+    body: RespBody,
+    pause: bool,
+    abandoned: Option<Arc<std::sync::atomic::AtomicUsize>>,
+) -> RespBody {
+    // A handler that writes nothing: Go puts END_STREAM on the HEADERS frame.
+    if body.is_end_stream() {
+        return body;
+    }
+    UnsyncBoxBody::new(GoFraming {
+        inner: body,
+        pause,
+        ended: false,
+        abandoned,
+    })
+}
+
+struct GoFraming {
+    inner: RespBody,
+    pause: bool,
+    ended: bool,
+    abandoned: Option<Arc<std::sync::atomic::AtomicUsize>>,
+}
+
+impl Drop for GoFraming {
+    fn drop(&mut self) {
+        if let (false, Some(n)) = (self.ended, &self.abandoned) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Body for GoFraming {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if this.inner.is_end_stream() && this.pause {
+            this.pause = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if frame.is_none() {
+            this.ended = true;
+        }
+        Poll::Ready(frame)
+    }
+
+    /// Never known before the end: so hyper sends END_STREAM on a frame of its own.
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
