@@ -248,7 +248,7 @@ impl Conn {
 /// Why one attempt failed, and what may be tried next.
 enum Failed {
     /// The connection would take no new stream: the request, untouched, for another.
-    NotSent(Request<ProxyBody>),
+    NotSent(Box<Request<ProxyBody>>),
     /// Refused unprocessed by the server: safe to send anywhere, whatever the method.
     Refused(H2Error),
     /// Lost with its connection before response headers.
@@ -326,10 +326,13 @@ impl H2Pool {
             let copy = bodiless.then(|| head_copy(&req));
             let again = match self.attempt(&conn, slot, req).await {
                 Ok(resp) => return Ok(Sent::Response(resp)),
-                Err(Failed::NotSent(back)) => back,
+                Err(Failed::NotSent(back)) => *back,
                 Err(Failed::Refused(e)) => match copy {
                     Some(copy) => {
-                        tracing::debug!(conn = conn.id, "request refused unprocessed ({e}); trying another connection");
+                        tracing::debug!(
+                            conn = conn.id,
+                            "request refused unprocessed ({e}); trying another connection"
+                        );
                         last = Some(e);
                         copy
                     }
@@ -337,7 +340,10 @@ impl H2Pool {
                 },
                 Err(Failed::Lost(e)) => match copy.filter(|_| lost_retry) {
                     Some(copy) => {
-                        tracing::debug!(conn = conn.id, "connection lost before the response ({e}); sending again");
+                        tracing::debug!(
+                            conn = conn.id,
+                            "connection lost before the response ({e}); sending again"
+                        );
                         lost_retry = false;
                         last = Some(e);
                         copy
@@ -368,7 +374,7 @@ impl H2Pool {
         // handle); at the stream limit we never get here, see `try_acquire`. An error
         // here (GOAWAY received, connection closed) leaves the request unsent.
         if poll_fn(|cx| send.poll_ready(cx)).await.is_err() {
-            return Err(Failed::NotSent(req));
+            return Err(Failed::NotSent(Box::new(req)));
         }
         let (parts, body) = req.into_parts();
         let end = body.is_end_stream();
@@ -409,8 +415,7 @@ impl H2Pool {
                 }
                 let ended = conn.state.transport_ended.load(Ordering::Acquire);
                 let refused = e.is_remote()
-                    && (e.reason() == Some(h2::Reason::REFUSED_STREAM)
-                        || e.is_go_away() && !ended);
+                    && (e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() && !ended);
                 Err(if refused {
                     Failed::Refused(e.into())
                 } else if ended || e.is_io() {
@@ -750,7 +755,10 @@ async fn pipe(
     }
 }
 
-async fn send_body(body: &mut ProxyBody, stream: &mut h2::SendStream<Bytes>) -> Result<(), BoxError> {
+async fn send_body(
+    body: &mut ProxyBody,
+    stream: &mut h2::SendStream<Bytes>,
+) -> Result<(), BoxError> {
     loop {
         let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {
             stream.send_data(Bytes::new(), true)?;

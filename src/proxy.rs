@@ -13,7 +13,6 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-
 use crate::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
@@ -352,8 +351,7 @@ impl Proxy {
         let result = if self.request_timeout.is_zero() {
             attempt.await
         } else {
-            match tokio::time::timeout(self.request_timeout, attempt).await
-            {
+            match tokio::time::timeout(self.request_timeout, attempt).await {
                 Ok(result) => result,
                 Err(_) => {
                     self.metrics.upstream_error(UpstreamErrorKind::Timeout);
@@ -632,6 +630,20 @@ fn classify(
     let mut tls = None;
     let mut parse = false;
     for e in chain(err) {
+        // The client's body failed, not the API server: say so.
+        // (`SendError` is transparent: its `source()` skips the `H2Error` it holds.)
+        let h2 = match e.downcast_ref::<SendError>() {
+            Some(SendError::Http2(h2)) => Some(h2),
+            _ => e.downcast_ref::<H2Error>(),
+        };
+        if let Some(H2Error::RequestBody(cause)) = h2 {
+            return (
+                StatusCode::BAD_GATEWAY,
+                Reason::ServiceUnavailable,
+                UpstreamErrorKind::Other,
+                format!("the request body could not be sent: {cause}"),
+            );
+        }
         if let Some(t) = e.downcast_ref::<rustls::Error>() {
             tls = Some(t.to_string());
         }
@@ -701,29 +713,24 @@ pub enum SendError {
 }
 
 /// The connection was established but closed or reset before a response arrived: what a
-/// kept-alive connection the server has just closed looks like. Over HTTP/2, a stream
-/// the server refused unprocessed (GOAWAY, REFUSED_STREAM) too.
+/// kept-alive HTTP/1.1 connection the server has just closed looks like. (The HTTP/2
+/// pool sends again, itself, what was refused unprocessed or lost with its connection.)
 fn closed_connection(err: &SendError) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let err: &(dyn std::error::Error + 'static) = match err {
         SendError::Http1(e) if e.is_connect() => return false,
         SendError::Http1(e) => e,
-        // The HTTP/2 pool has already sent again what could safely go again.
         SendError::Http2(_) => return false,
     };
     chain(err).iter().any(|e| {
-        e.downcast_ref::<h2::Error>()
-            .is_some_and(|h2| h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
-            || {
-                e.downcast_ref::<hyper::Error>()
-                    .is_some_and(hyper::Error::is_incomplete_message)
-                    || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                        matches!(
-                            io.kind(),
-                            ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
-                        )
-                    })
-            }
+        e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+                )
+            })
     })
 }
 

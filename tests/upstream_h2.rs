@@ -67,7 +67,8 @@ async fn lists_whose_end_stream_comes_in_a_frame_of_its_own_never_fail_nor_reset
         let url = url.clone();
         async move {
             let resp = client::get(&url).await;
-            let ok = resp.status == 200 && resp.json()["items"].as_array().map(Vec::len) == Some(20);
+            let ok =
+                resp.status == 200 && resp.json()["items"].as_array().map(Vec::len) == Some(20);
             if !ok {
                 eprintln!("LIST {i}: {} {}", resp.status, resp.text());
             }
@@ -76,7 +77,11 @@ async fn lists_whose_end_stream_comes_in_a_frame_of_its_own_never_fail_nor_reset
     })
     .await;
     assert_eq!(failed, 0, "LISTs failed");
-    assert_eq!(api.h2_connections_total(), 1, "one upstream connection throughout");
+    assert_eq!(
+        api.h2_connections_total(),
+        1,
+        "one upstream connection throughout"
+    );
     assert_eq!(
         api.abandoned_responses(),
         0,
@@ -101,10 +106,18 @@ async fn clients_leaving_mid_response_never_make_the_proxy_goaway_its_connection
     })
     .await;
     assert_eq!(failed, 0, "watches failed");
-    within("every abandoned watch to end upstream", api.wait_open_watches(0)).await;
+    within(
+        "every abandoned watch to end upstream",
+        api.wait_open_watches(0),
+    )
+    .await;
     let resp = client::get(&proxy.url(&format!("{PODS}/pod-0"))).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
-    assert_eq!(api.h2_connections_total(), 1, "the same connection throughout");
+    assert_eq!(
+        api.h2_connections_total(),
+        1,
+        "the same connection throughout"
+    );
     no_calm(&proxy);
 }
 
@@ -137,8 +150,11 @@ async fn by_default_short_requests_take_http1_and_watches_http2() {
     let (api, _world, proxy) = setup(FakeApiOptions::new(Pki::new()), &[]).await;
     let resp = client::get(&proxy.url(&format!("{PODS}/pod-0"))).await;
     assert_eq!(resp.status, 200);
-    let _watch =
-        support::open_watch(&api, &proxy.url(&format!("{PODS}?watch=1&resourceVersion=5"))).await;
+    let _watch = support::open_watch(
+        &api,
+        &proxy.url(&format!("{PODS}?watch=1&resourceVersion=5")),
+    )
+    .await;
     let seen = api.requests();
     let get = seen.iter().find(|r| r.query.is_none()).expect("the GET");
     let watch = seen.iter().find(|r| r.query.is_some()).expect("the watch");
@@ -208,7 +224,10 @@ async fn refuser_proxy(refuse: usize) -> (Refuser, World, Proxy) {
     let refuser = Refuser::start(&pki, refuse).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let server = format!("--server=https://127.0.0.1:{}", refuser.addr.port());
-    let ca = format!("--certificate-authority={}", world.sa_dir().join("ca.crt").display());
+    let ca = format!(
+        "--certificate-authority={}",
+        world.sa_dir().join("ca.crt").display()
+    );
     let proxy = Proxy::start(
         &[
             "--port=0",
@@ -229,7 +248,11 @@ async fn a_refused_bodiless_request_is_sent_again_whatever_its_method() {
     let resp = client::send("DELETE", &proxy.url(&format!("{PODS}/pod-0")), &[], "").await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(resp.text(), "DELETE");
-    assert_eq!(refuser.seen.load(Ordering::SeqCst), 2, "refused once, then sent again");
+    assert_eq!(
+        refuser.seen.load(Ordering::SeqCst),
+        2,
+        "refused once, then sent again"
+    );
 }
 
 #[tokio::test]
@@ -238,7 +261,11 @@ async fn a_refused_request_with_a_body_is_not_sent_again() {
     let resp = client::send("POST", &proxy.url(PODS), &[], "{\"kind\":\"Pod\"}").await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(resp.json()["kind"], "Status");
-    assert_eq!(refuser.seen.load(Ordering::SeqCst), 1, "a body is never replayed");
+    assert_eq!(
+        refuser.seen.load(Ordering::SeqCst),
+        1,
+        "a body is never replayed"
+    );
 }
 
 // ---- a relay that can freeze its connections: sockets open, nothing moves ----
@@ -313,7 +340,10 @@ async fn a_frozen_connection_is_found_dead_and_the_request_goes_to_a_fresh_one()
     let relay = Relay::start(api.addr()).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let server = format!("--server=https://127.0.0.1:{}", relay.addr.port());
-    let ca = format!("--certificate-authority={}", world.sa_dir().join("ca.crt").display());
+    let ca = format!(
+        "--certificate-authority={}",
+        world.sa_dir().join("ca.crt").display()
+    );
     let proxy = Proxy::start(
         &[
             "--port=0",
@@ -336,7 +366,56 @@ async fn a_frozen_connection_is_found_dead_and_the_request_goes_to_a_fresh_one()
     let resp = client::get(&url).await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     assert_eq!(api.h2_connections_total(), 2, "a fresh connection");
-    proxy
-        .wait_stderr("did not answer an HTTP/2 PING")
+    proxy.wait_stderr("did not answer an HTTP/2 PING").await;
+}
+
+#[tokio::test]
+async fn connection_specific_request_trailers_are_dropped_and_the_request_answered() {
+    let (api, _world, proxy) =
+        setup(FakeApiOptions::new(Pki::new()), &["--upstream-http2=true"]).await;
+    for name in [
+        "Transfer-Encoding",
+        "Connection",
+        "Upgrade",
+        "Keep-Alive",
+        "TE",
+    ] {
+        let req = format!(
+            "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
+             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n{name}: chunked\r\nX-Kept: yes\r\n\r\n"
+        );
+        let answer = within(
+            "the answer",
+            client::raw_until_close(proxy.socket_addr(), req.as_bytes()),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
+    }
+    let posts: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 5);
+    assert!(posts.iter().all(|p| p.body_len == 5 && p.body_complete));
+}
+
+#[tokio::test]
+async fn a_request_body_that_fails_resets_the_stream_and_gets_a_502() {
+    let (api, _world, proxy) =
+        setup(FakeApiOptions::new(Pki::new()), &["--upstream-http2=true"]).await;
+    // A chunk size that is not hex: the client's body fails after 5 bytes.
+    let req = "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+               5\r\nhello\r\nZZ\r\n";
+    let answer = within(
+        "the answer",
+        client::raw_until_close(proxy.socket_addr(), req.as_bytes()),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("request body"), "{answer}");
+    // The upstream stream ended (reset), not left open: the fake saw 5 bytes and a
+    // body that did not complete.
+    api.wait_for_request(|r| r.method == "POST" && r.body_len == 5 && !r.body_complete)
         .await;
 }

@@ -854,6 +854,7 @@ fn go_framing(
     UnsyncBoxBody::new(GoFraming {
         inner: body,
         pause,
+        timer: None,
         ended: false,
         abandoned,
     })
@@ -861,10 +862,17 @@ fn go_framing(
 
 struct GoFraming {
     inner: RespBody,
+    /// Pause before END_STREAM; the timer is made once the body is through.
     pause: bool,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     ended: bool,
     abandoned: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
+
+/// How long END_STREAM waits after the body when it pauses: longer than the proxy takes to
+/// write the body's end to its client, as Go's handler returning after its last flush
+/// can be (against Go, the reset LISTs had END_STREAM one read after the body).
+const END_STREAM_PAUSE: Duration = Duration::from_millis(1);
 
 impl Drop for GoFraming {
     fn drop(&mut self) {
@@ -887,9 +895,11 @@ impl Body for GoFraming {
             return Poll::Ready(None);
         }
         if this.inner.is_end_stream() && this.pause {
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(END_STREAM_PAUSE)));
+            ready!(timer.as_mut().poll(cx));
             this.pause = false;
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
         }
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         if frame.is_none() {

