@@ -120,6 +120,14 @@ fn compile(flag: &'static str, value: &str) -> Result<Vec<Regex>, PatternError> 
         .collect()
 }
 
+/// The host and port of a request target's authority, which the filter judges: never
+/// its userinfo (`localhost:8001@evil.com` names `evil.com`). Requests with userinfo are
+/// refused before the filter runs; this keeps the filter right on its own.
+pub fn host_and_port(authority: &http::uri::Authority) -> &str {
+    let a = authority.as_str();
+    a.rfind('@').map_or(a, |at| &a[at + 1..])
+}
+
 /// Removes a `:port` suffix, keeping IPv6 brackets (`[::1]:8001` → `[::1]`). A bare
 /// IPv6 literal without brackets has no port to remove and is returned whole.
 pub fn host_without_port(host: &str) -> &str {
@@ -253,6 +261,16 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--reject-paths"), "{err}");
+    }
+
+    #[test]
+    fn userinfo_is_never_judged_as_the_host() {
+        let host = |a: &'static str| host_and_port(&http::uri::Authority::from_static(a)).to_owned();
+        assert_eq!(host("localhost:8001@evil.com"), "evil.com");
+        assert_eq!(host("evil.com@localhost:8001"), "localhost:8001");
+        assert_eq!(host("[::1]:8001"), "[::1]:8001");
+        let f = default_filter();
+        assert!(!f.accepts("GET", "/api", &host("localhost:8001@evil.com")));
     }
 
     #[test]

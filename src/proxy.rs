@@ -212,7 +212,7 @@ impl Proxy {
         if let Some(filter) = &self.filter {
             // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
             let host = match uri.authority() {
-                Some(a) => a.as_str(),
+                Some(a) => crate::filter::host_and_port(a),
                 None => req
                     .headers()
                     .get(header::HOST)
@@ -541,7 +541,21 @@ fn push_path(out: &mut Vec<u8>, path: &str) {
 /// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:
 /// an HTTP/1.1 request without `Host` (CONNECT aside), a request with more than one, or
 /// one whose value has a byte no host can contain, gets a 400 and goes nowhere.
+///
+/// Userinfo (`user@`) in an absolute-form target or an h2c `:authority` gets the same
+/// 400: Go refuses it in `Host` (`httpguts.ValidHostHeader` has no `@`), RFC 9110 §4.2.4
+/// deprecates it in http URIs, and a proxy that judged `localhost:8001@evil.com` by its
+/// text would see `localhost`.
 fn host_error<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Some(bad_request(
+            "400 Bad Request: userinfo in the request target",
+        ));
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let body = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => "400 Bad Request",
@@ -757,6 +771,25 @@ mod tests {
         assert_eq!(refused(&req(Version::HTTP_11, &[""])), None);
         assert_eq!(refused(&req(Version::HTTP_10, &[])), None);
         assert_eq!(refused(&req(Version::HTTP_2, &[])), None);
+        let absolute = |target: &str| {
+            Request::builder()
+                .uri(target)
+                .header(header::HOST, "localhost")
+                .body(())
+                .unwrap()
+        };
+        for target in [
+            "http://localhost:8001@evil.com/version",
+            "http://evil.com@localhost:8001/",
+            "http://u:p@localhost/",
+        ] {
+            assert_eq!(
+                refused(&absolute(target)),
+                Some(StatusCode::BAD_REQUEST),
+                "{target}"
+            );
+        }
+        assert_eq!(refused(&absolute("http://localhost:8001/version")), None);
         for bad in [
             &[][..],
             &["a", "b"],
