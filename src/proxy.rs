@@ -524,18 +524,10 @@ pub fn upstream_path_and_query(
     PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
 }
 
-/// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (controls,
-/// space, non-ASCII, `"<>\^`{|}`; our HTTP parser lets some of them through), as
-/// kubectl's Go client sends them. Escapes already there are kept as they are.
+/// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (see
+/// [`crate::router::push_uri_escaped`], which the 301's Location uses too).
 fn push_path(out: &mut Vec<u8>, path: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in path.as_bytes() {
-        if b <= b' ' || b >= 0x7f || b"\"<>\\^`{|}".contains(&b) {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        } else {
-            out.push(b);
-        }
-    }
+    crate::router::push_uri_escaped(out, path);
 }
 
 /// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:
