@@ -65,7 +65,9 @@ pub struct Cli {
     pub accept_paths: String,
 
     /// Regular expression for paths that the proxy should reject. Paths specified here
-    /// will be rejected even accepted by --accept-paths.
+    /// will be rejected even accepted by --accept-paths. The default is kubectl's plus the
+    /// node proxy's exec endpoints (`/api/v1/nodes/NAME/proxy/{run,exec,attach,
+    /// portForward,cri}`); a value given here replaces it whole.
     #[arg(long, default_value = filter::DEFAULT_REJECT_PATHS, help_heading = PROXY)]
     pub reject_paths: String,
 

@@ -210,6 +210,18 @@ impl Proxy {
             Route::BadRequest => return bad_request("400 Bad Request"),
         };
         if let Some(filter) = &self.filter {
+            if let Some(c) = crate::filter::control_character(&decoded) {
+                tracing::debug!(method = %req.method(), path = %decoded, "refused a path with a control character");
+                return status::response(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    &format!(
+                        "the decoded path holds a control character (U+{:04X}), which no \
+                         Kubernetes name can hold",
+                        u32::from(c)
+                    ),
+                );
+            }
             // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
             let host = match uri.authority() {
                 Some(a) => crate::filter::host_and_port(a),
