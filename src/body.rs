@@ -57,7 +57,7 @@ impl Drop for AccessLog {
         tracing::info!(
             target: "kube_ambassador::access",
             method = %self.method,
-            path = %self.path,
+            path = %crate::logging::Escaped(&self.path),
             status = self.status,
             duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
             upstream_ms = self.upstream.as_secs_f64() * 1e3,

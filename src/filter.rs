@@ -306,7 +306,8 @@ mod tests {
 
     #[test]
     fn userinfo_is_never_judged_as_the_host() {
-        let host = |a: &'static str| host_and_port(&http::uri::Authority::from_static(a)).to_owned();
+        let host =
+            |a: &'static str| host_and_port(&http::uri::Authority::from_static(a)).to_owned();
         assert_eq!(host("localhost:8001@evil.com"), "evil.com");
         assert_eq!(host("evil.com@localhost:8001"), "localhost:8001");
         assert_eq!(host("[::1]:8001"), "[::1]:8001");

@@ -19,6 +19,7 @@ use crate::credentials::Credentials;
 use crate::filter::Filter;
 use crate::h2pool::{H2Error, H2Pool, Sent};
 use crate::headers;
+use crate::logging::Escaped;
 use crate::metrics::{Metrics, Open, UpstreamErrorKind};
 use crate::router::{ApiPrefix, Route};
 use crate::shutdown::Shutdown;
@@ -211,7 +212,11 @@ impl Proxy {
         };
         if let Some(filter) = &self.filter {
             if let Some(c) = crate::filter::control_character(&decoded) {
-                tracing::debug!(method = %req.method(), path = %decoded, "refused a path with a control character");
+                tracing::debug!(
+                    method = %req.method(),
+                    path = %Escaped(&decoded),
+                    "refused a path with a control character"
+                );
                 return status::response(
                     StatusCode::BAD_REQUEST,
                     Reason::BadRequest,
@@ -232,7 +237,12 @@ impl Proxy {
                     .unwrap_or(""),
             };
             if !filter.accepts(req.method().as_str(), &decoded, host) {
-                tracing::debug!(method = %req.method(), path = %decoded, host, "filter rejected request");
+                tracing::debug!(
+                    method = %req.method(),
+                    path = %Escaped(&decoded),
+                    host = %Escaped(host),
+                    "filter rejected request"
+                );
                 return status::forbidden();
             }
         }

@@ -302,10 +302,7 @@ mod tests {
             Route::Redirect("/a%20b/caf%C3%A9%22?q=%5C&r=%2F".into())
         );
         let custom = ApiPrefix::new("/c\\");
-        assert_eq!(
-            custom.route("/c\\", None),
-            Route::Redirect("/c%5C/".into())
-        );
+        assert_eq!(custom.route("/c\\", None), Route::Redirect("/c%5C/".into()));
     }
 
     #[test]

@@ -314,7 +314,11 @@ async fn connection_specific_request_trailers_are_dropped_and_the_request_is_ans
         let seen = api
             .wait_for_request(|s| s.path == format!("/echo/trailer-{i}"))
             .await;
-        assert_eq!(seen.version, http::Version::HTTP_2, "over the HTTP/2 upstream");
+        assert_eq!(
+            seen.version,
+            http::Version::HTTP_2,
+            "over the HTTP/2 upstream"
+        );
         assert!(seen.body_complete, "trailer {trailer:?}");
     }
     // And the proxy still serves.
@@ -330,14 +334,33 @@ async fn userinfo_in_the_request_target_or_authority_is_refused() {
     let (api, _world, proxy) = setup(&[]).await;
     let port = proxy.socket_addr().port();
     for (target, host) in [
-        (format!("http://localhost:{port}@evil.com/version"), "evil.com"),
-        (format!("http://127.0.0.1:{port}@evil.com/version"), "evil.com"),
-        (format!("http://evil.com@localhost:{port}/version"), "localhost"),
-        (format!("http://user:pass@localhost:{port}/version"), "localhost"),
+        (
+            format!("http://localhost:{port}@evil.com/version"),
+            "evil.com",
+        ),
+        (
+            format!("http://127.0.0.1:{port}@evil.com/version"),
+            "evil.com",
+        ),
+        (
+            format!("http://evil.com@localhost:{port}/version"),
+            "localhost",
+        ),
+        (
+            format!("http://user:pass@localhost:{port}/version"),
+            "localhost",
+        ),
     ] {
         let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-        let answer = within("an answer", client::raw(proxy.socket_addr(), request.as_bytes())).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer:.300}");
+        let answer = within(
+            "an answer",
+            client::raw(proxy.socket_addr(), request.as_bytes()),
+        )
+        .await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{target}: {answer:.300}"
+        );
     }
     let mut h2c = H2c::connect(proxy.socket_addr()).await;
     for authority in ["localhost:1@evil.com", "evil.com@localhost"] {
@@ -348,10 +371,17 @@ async fn userinfo_in_the_request_target_or_authority_is_refused() {
         assert_eq!(answer.status, 400, ":authority {authority}");
     }
     // The same without userinfo is served, over both protocols.
-    let ok = h2c.get(&format!("http://localhost:{port}/version")).await.unwrap();
+    let ok = h2c
+        .get(&format!("http://localhost:{port}/version"))
+        .await
+        .unwrap();
     assert_eq!(ok.status, 200);
     assert!(
-        api.requests().iter().filter(|s| s.path == "/version").count() == 1,
+        api.requests()
+            .iter()
+            .filter(|s| s.path == "/version")
+            .count()
+            == 1,
         "only the request without userinfo reached the API server"
     );
 }
@@ -372,7 +402,11 @@ async fn the_redirect_for_an_unclean_path_never_leaves_the_origin() {
     .await;
     let resp = client::RawResp::parse(&answer);
     assert_eq!(resp.status, 301, "{answer}");
-    assert_eq!(resp.header("location"), Some("/%5Cevil.example/x"), "{answer}");
+    assert_eq!(
+        resp.header("location"),
+        Some("/%5Cevil.example/x"),
+        "{answer}"
+    );
     assert_eq!(
         resp.body,
         "<a href=\"/%5Cevil.example/x\">Moved Permanently</a>.\n\n"
@@ -388,7 +422,11 @@ async fn the_redirect_for_an_unclean_path_never_leaves_the_origin() {
     .await;
     let resp = client::RawResp::parse(&answer);
     assert_eq!(resp.status, 301, "{answer}");
-    assert_eq!(resp.header("location"), Some("/api/v1?a=%5Cx&b=%2F"), "{answer}");
+    assert_eq!(
+        resp.header("location"),
+        Some("/api/v1?a=%5Cx&b=%2F"),
+        "{answer}"
+    );
 }
 
 /// Finding 4: kubectl's reject-paths use `.`, which does not match a newline, so
@@ -414,7 +452,12 @@ async fn a_path_with_a_decoded_control_character_is_refused_before_the_filter() 
         "a path with a control character reached the API server"
     );
     // A tab or newline in a query is the API server's to judge, as before.
-    assert_eq!(client::get(&proxy.url(&format!("{PODS}?x=%0a"))).await.status, 200);
+    assert_eq!(
+        client::get(&proxy.url(&format!("{PODS}?x=%0a")))
+            .await
+            .status,
+        200
+    );
 }
 
 /// Finding 5: the node proxy reaches the kubelet's exec endpoints
@@ -438,7 +481,9 @@ async fn the_default_filter_refuses_the_node_proxys_exec_endpoints() {
     api.wait_for_request(|s| s.path == "/api/v1/nodes/node-1/proxy/metrics")
         .await;
     assert!(
-        api.requests().iter().all(|s| !s.path.contains("/proxy/exec")),
+        api.requests()
+            .iter()
+            .all(|s| !s.path.contains("/proxy/exec")),
         "a node exec reached the API server"
     );
 
@@ -458,8 +503,13 @@ async fn control_characters_from_a_request_never_reach_the_log_verbatim() {
         let path = format!("{PODS}/x%0a{}%1b[2J/exec", forged.replace(' ', "%20"));
         // From another host, so that the filter refuses it and says so, whatever it
         // makes of the path.
-        let request = format!("GET {path} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n");
-        let answer = within("an answer", client::raw(proxy.socket_addr(), request.as_bytes())).await;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n");
+        let answer = within(
+            "an answer",
+            client::raw(proxy.socket_addr(), request.as_bytes()),
+        )
+        .await;
         assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
         // Then a request the filter rejects: its line comes after the first one's.
         let resp = client::get(&proxy.url(&format!("{PODS}/x/exec"))).await;
@@ -490,7 +540,10 @@ async fn control_characters_from_a_request_never_reach_the_log_verbatim() {
 async fn an_h2c_connection_gets_a_bounded_stream_budget() {
     let (_api, _world, proxy) = setup(&[]).await;
     let mut h2c = H2c::connect(proxy.socket_addr()).await;
-    assert_eq!(h2c.get("http://localhost/version").await.unwrap().status, 200);
+    assert_eq!(
+        h2c.get("http://localhost/version").await.unwrap().status,
+        200
+    );
     let max = h2c.max_streams.load(std::sync::atomic::Ordering::Acquire);
     assert!(
         (1..=100).contains(&max),
