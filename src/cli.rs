@@ -222,7 +222,7 @@ pub struct Cli {
     /// limit). Each open watch holds one connection, and each stream of an h2c
     /// connection counts as one more. The default leaves a sidecar's app room for
     /// thousands of watches (about 10 KiB each) while bounding what it can make the
-    /// proxy hold: a response nobody reads pins up to about 1.1 MiB.
+    /// proxy hold: a response nobody reads pins over a MiB.
     #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N", help_heading = OURS)]
     pub max_connections: usize,
 

@@ -11,19 +11,18 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Response;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
-
-use bytes::Bytes;
-use http::Response;
-use hyper::body::{Body, Frame, SizeHint};
-use std::task::{Context, Poll};
 
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::Open;
@@ -35,9 +34,10 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `--max-connections`' default. Each watch holds a connection and costs about 10 KiB,
 /// so 2,048 leave room for the 1,000 watches of the benchmark twice over in a few tens
-/// of MiB; but a connection (or h2c stream) whose reader stops reading pins up to about
-/// 1.1 MiB (the API server stream's window and our send buffer), and without a limit an
-/// app's bug could pin memory and descriptors without bound.
+/// of MiB; but a connection (or h2c stream) whose reader stops reading pins more than a
+/// MiB (the API server stream's 1 MiB window, and our send buffer: 64 KiB on an h2c
+/// stream, up to hyper's 400 KiB on an HTTP/1.1 connection), and without a limit an app's
+/// bug could pin memory and descriptors without bound.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 /// The h2c budget of one client connection. hyper's defaults (200 streams, 1 MiB
