@@ -148,15 +148,28 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+cp "$RAW" "${OUT%.md}.tsv"
+
 # Report: medians per (workload, conns, target).
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }'; }
+cell() { # workload conns target
+  local rows rate failed cpu
+  rows=$(awk -F'\t' -v w="$1" -v c="$2" -v t="$3" '$1 == w && $2 == c && $3 == t' "$RAW")
+  rate=$(cut -f4 <<<"$rows" | median)
+  failed=$(cut -f5 <<<"$rows" | awk '{ n += $1 } END { print n + 0 }')
+  cpu=$(cut -f6 <<<"$rows" | { grep -v -- - || true; } | median)
+  printf ' %.0f (%s failed%s) |' "$rate" "$failed" "$([ "$cpu" = 0 ] || echo ", $cpu µs")"
+}
 {
   echo "# Protocol to the API server: measured against Go's net/http"
   echo
-  echo "\`bench/protocols.sh\`, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) cores ($(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)), ${SECS} s per run, median of $ROUNDS rounds; load generator, proxies and the Go API server share the cores. Requests/s; failed requests; proxy CPU per request (µs)."
+  echo "\`bench/protocols.sh\`, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD), $(nproc) cores ($(sed -n 's/^model name\t: //p' /proc/cpuinfo | head -1)), ${SECS} s per run, median of $ROUNDS rounds; load generator, proxies and the Go API server share the cores. Each cell: requests/s (failed requests over all rounds, proxy CPU per request)."
   echo
-  fails=$(awk -F'\t' '$5 != 0 {n += $5} END {print n + 0}' "$RAW")
+  fails=$(awk -F'\t' '{ n += $5 } END { print n + 0 }' "$RAW")
   if [ "$fails" = 0 ]; then echo "**Failed requests: 0 in every run.**"; else
-    echo "**FAILED REQUESTS: $fails** —"; awk -F'\t' '$5 != 0 {printf "%s %s c=%s: %s; ", $3, $1, $2, $5}' "$RAW"; echo
+    echo "**FAILED REQUESTS: $fails**:"
+    awk -F'\t' '$5 != 0 { printf "%s %s c=%s: %s; ", $3, $1, $2, $5 }' "$RAW"
+    echo
   fi
   echo
   printf '| workload |'
@@ -167,17 +180,8 @@ done
   for w in "${WORKLOADS[@]}"; do
     read -r name conns _ <<<"$w"
     printf '| %s, %s conn |' "$name" "$conns"
-    for t in "${TARGETS[@]}"; do
-      awk -F'\t' -v w="$name" -v c="$conns" -v t="$t" '
-        $1 == w && $2 == c && $3 == t { r[++n] = $4; f += $5; u[n] = $6 + 0; nocpu = ($6 == "-") }
-        END {
-          asort(r); asort(u); m = r[int((n + 1) / 2)]
-          cpu = nocpu ? "" : sprintf(", %.1f µs", u[int((n + 1) / 2)])
-          printf " %d (%d failed%s) |", m, f, cpu
-        }' "$RAW"
-    done
+    for t in "${TARGETS[@]}"; do cell "$name" "$conns" "$t"; done
     echo
   done
 } >"$OUT"
-cp "$RAW" "${OUT%.md}.tsv"
 cat "$OUT"

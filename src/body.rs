@@ -3,6 +3,10 @@
 //! Bodies are streamed frame by frame: an upstream chunk is handed to the client as soon
 //! as it arrives (no flush interval, unlike kubectl's 200 ms), and hyper's poll-based
 //! bodies give backpressure for free: a slow reader stops us reading from the other side.
+//!
+//! Trailers pass through too, without the connection-specific fields HTTP/2 forbids
+//! ([`headers::strip_trailers`]): a frame with one would make h2 refuse it and leave the
+//! stream without an end.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +17,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::h2pool::RecvBody;
+use crate::headers;
 use crate::metrics::GaugeGuard;
 use crate::www::FileBody;
 
@@ -54,7 +59,7 @@ impl Drop for AccessLog {
         tracing::info!(
             target: "kube_ambassador::access",
             method = %self.method,
-            path = %self.path,
+            path = %crate::logging::Escaped(&self.path),
             status = self.status,
             duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
             upstream_ms = self.upstream.as_secs_f64() * 1e3,
@@ -81,6 +86,19 @@ impl From<Bytes> for ProxyBody {
     }
 }
 
+/// Strips connection-specific fields from a trailers frame; data frames pass untouched.
+#[inline]
+fn clean_trailers<E>(
+    mut polled: Poll<Option<Result<Frame<Bytes>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+        if let Some(trailers) = frame.trailers_mut() {
+            headers::strip_trailers(trailers);
+        }
+    }
+    polled
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -90,8 +108,11 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Stream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
-            ProxyBody::Response(inner) => Pin::new(inner).poll_frame(cx),
+            ProxyBody::Stream(inner) => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                clean_trailers(polled).map_err(Into::into)
+            }
+            ProxyBody::Response(inner) => clean_trailers(Pin::new(inner).poll_frame(cx)),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tracked(t) => {
                 if let Some(stop) = t.stop.as_mut() {
@@ -99,7 +120,7 @@ impl Body for ProxyBody {
                         return Poll::Ready(None);
                     }
                 }
-                let polled = Pin::new(&mut t.inner).poll_frame(cx);
+                let polled = clean_trailers(Pin::new(&mut t.inner).poll_frame(cx));
                 if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, t.log.as_mut()) {
                     if let Some(data) = frame.data_ref() {
                         log.bytes += data.len() as u64;

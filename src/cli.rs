@@ -65,7 +65,9 @@ pub struct Cli {
     pub accept_paths: String,
 
     /// Regular expression for paths that the proxy should reject. Paths specified here
-    /// will be rejected even accepted by --accept-paths.
+    /// will be rejected even accepted by --accept-paths. The default is kubectl's plus the
+    /// node proxy's exec endpoints (`/api/v1/nodes/NAME/proxy/{run,exec,attach,
+    /// portForward,cri}`); a value given here replaces it whole.
     #[arg(long, default_value = filter::DEFAULT_REJECT_PATHS, help_heading = PROXY)]
     pub reject_paths: String,
 
@@ -232,8 +234,11 @@ pub struct Cli {
     pub shutdown_grace: Duration,
 
     /// Refuse client connections beyond this many open ones with a 503 Status (0: no
-    /// limit). Each open watch holds one connection.
-    #[arg(long, default_value_t = 0, value_name = "N", help_heading = OURS)]
+    /// limit). Each open watch holds one connection, and each stream of an h2c
+    /// connection counts as one more. The default leaves a sidecar's app room for
+    /// thousands of watches (about 10 KiB each) while bounding what it can make the
+    /// proxy hold: a response nobody reads pins over a MiB.
+    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N", help_heading = OURS)]
     pub max_connections: usize,
 
     /// How long a client may take to send a request's headers, and how long an idle

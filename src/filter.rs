@@ -23,8 +23,12 @@ use regex::Regex;
 pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
 /// kubectl's `--accept-paths` default.
 pub const DEFAULT_ACCEPT_PATHS: &str = "^.*";
-/// kubectl's `--reject-paths` default: no exec or attach through the proxy.
-pub const DEFAULT_REJECT_PATHS: &str = r"^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach";
+/// kubectl's `--reject-paths` default (no exec or attach through the proxy), and the
+/// node proxy's routes to the kubelet's own exec, attach and port-forward handlers
+/// (`/run`, `/exec`, `/attach`, `/portForward` and the CRI streaming server under `/cri`:
+/// kubelet `pkg/kubelet/server/server.go`), which kubectl's list misses. As in kubectl, a
+/// user's own `--reject-paths` replaces this list whole.
+pub const DEFAULT_REJECT_PATHS: &str = r"^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach,^/api/.*/nodes/.*/proxy/(run|exec|attach|portForward|cri)";
 /// kubectl's `--reject-methods` default: matches only the empty method, i.e. nothing.
 pub const DEFAULT_REJECT_METHODS: &str = "^$";
 
@@ -98,6 +102,15 @@ impl Filter {
     }
 }
 
+/// The first control character (C0, DEL or C1) of a decoded path, if any. No Kubernetes
+/// name holds one, and kubectl's patterns use `.`, which does not match `\n`: with a
+/// `%0A` in it, `/api/v1/namespaces/d/pods/x%0a/exec` passes `^/api/.*/pods/.*/exec` and
+/// reaches exec. A path holding one is refused before the rules run, so they keep their
+/// meaning.
+pub fn control_character(decoded: &str) -> Option<char> {
+    decoded.chars().find(|c| c.is_control())
+}
+
 fn any(list: &[Regex], s: &str) -> bool {
     list.iter().any(|r| r.is_match(s))
 }
@@ -118,6 +131,14 @@ fn compile(flag: &'static str, value: &str) -> Result<Vec<Regex>, PatternError> 
             })
         })
         .collect()
+}
+
+/// The host and port of a request target's authority, which the filter judges: never
+/// its userinfo (`localhost:8001@evil.com` names `evil.com`). Requests with userinfo are
+/// refused before the filter runs; this keeps the filter right on its own.
+pub fn host_and_port(authority: &http::uri::Authority) -> &str {
+    let a = authority.as_str();
+    a.rfind('@').map_or(a, |at| &a[at + 1..])
 }
 
 /// Removes a `:port` suffix, keeping IPv6 brackets (`[::1]:8001` → `[::1]`). A bare
@@ -179,6 +200,34 @@ mod tests {
                 *want,
                 "{method} {path} host={host}"
             );
+        }
+    }
+
+    #[test]
+    fn control_characters_are_found_where_the_regexes_would_miss_them() {
+        let f = default_filter();
+        let newline = "/api/v1/namespaces/default/pods/x\n/exec";
+        // What the refusal before the filter is for: kubectl's rule misses it.
+        assert!(f.accepts("GET", newline, "localhost"));
+        assert_eq!(control_character(newline), Some('\n'));
+        for c in ['\0', '\r', '\t', '\u{1b}', '\u{7f}', '\u{85}'] {
+            assert_eq!(control_character(&format!("/api/{c}")), Some(c), "{c:?}");
+        }
+        assert_eq!(control_character("/api/v1/caf\u{e9}/\u{fffd}"), None);
+    }
+
+    #[test]
+    fn node_proxy_exec_endpoints_are_refused_by_default() {
+        let f = default_filter();
+        for endpoint in ["run", "exec", "attach", "portForward", "cri"] {
+            for node in ["node-1", "node-1:10250", "https:node-1:10250"] {
+                let path = format!("/api/v1/nodes/{node}/proxy/{endpoint}/default/p/c");
+                assert!(!f.accepts("GET", &path, "localhost"), "{path}");
+            }
+        }
+        for other in ["metrics", "stats/summary", "logs/", "healthz", "pods"] {
+            let path = format!("/api/v1/nodes/node-1/proxy/{other}");
+            assert!(f.accepts("GET", &path, "localhost"), "{path}");
         }
     }
 
@@ -253,6 +302,17 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("--reject-paths"), "{err}");
+    }
+
+    #[test]
+    fn userinfo_is_never_judged_as_the_host() {
+        let host =
+            |a: &'static str| host_and_port(&http::uri::Authority::from_static(a)).to_owned();
+        assert_eq!(host("localhost:8001@evil.com"), "evil.com");
+        assert_eq!(host("evil.com@localhost:8001"), "localhost:8001");
+        assert_eq!(host("[::1]:8001"), "[::1]:8001");
+        let f = default_filter();
+        assert!(!f.accepts("GET", "/api", &host("localhost:8001@evil.com")));
     }
 
     #[test]

@@ -52,7 +52,6 @@ use tokio::sync::{Notify, oneshot};
 use tower_service::Service as _;
 
 use crate::body::{BoxError, ProxyBody};
-use crate::headers;
 use crate::metrics::{Metrics, Open};
 use crate::upstream::Connector;
 
@@ -779,8 +778,8 @@ async fn send_body(
             }
             Err(frame) => frame,
         };
-        if let Ok(mut trailers) = frame.into_trailers() {
-            headers::strip_hop_by_hop(&mut trailers);
+        // Connection-specific fields are gone already (`ProxyBody` strips them).
+        if let Ok(trailers) = frame.into_trailers() {
             stream.send_trailers(trailers)?;
             return Ok(());
         }
@@ -868,10 +867,8 @@ impl Body for RecvBody {
         let trailers = ready!(inner.recv.poll_trailers(cx));
         this.done = true;
         match trailers {
-            Ok(Some(mut t)) => {
-                headers::strip_hop_by_hop(&mut t);
-                Poll::Ready(Some(Ok(Frame::trailers(t))))
-            }
+            // `ProxyBody` strips connection-specific fields from them.
+            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e.into()))),
         }
@@ -898,10 +895,12 @@ impl Drop for RecvBody {
         if self.done || inner.recv.is_end_stream() {
             return;
         }
-        if self.remaining == Some(0) {
-            // Every byte the server promised is through; only END_STREAM is missing.
-            // Read on to it rather than reset a stream the server has completed.
-            tokio::spawn(async move {
+        // Every byte the server promised is through; only END_STREAM is missing. Read on
+        // to it rather than reset a stream the server has completed. (No runtime: the
+        // process is ending, and a reset is as good.)
+        let runtime = tokio::runtime::Handle::try_current();
+        if let (Some(0), Ok(runtime)) = (self.remaining, runtime) {
+            runtime.spawn(async move {
                 let drained = tokio::time::timeout(DRAIN_LIMIT, async {
                     while let Some(data) = inner.recv.data().await {
                         let Ok(data) = data else { return false };

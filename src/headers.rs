@@ -1,5 +1,5 @@
-//! Header rewriting between client and API server: hop-by-hop removal and
-//! `X-Forwarded-For`.
+//! Header rewriting between client and API server: hop-by-hop removal (in headers and
+//! in trailers) and `X-Forwarded-For`.
 //!
 //! Hop-by-hop headers describe one connection and must not be forwarded (RFC 9110
 //! §7.6.1): the fixed list below (the one Go's `httputil.ReverseProxy`, and so kubectl,
@@ -63,6 +63,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
+}
+
+/// Removes connection-specific fields from trailers (a chunked HTTP/1.1 body's trailer
+/// section, or an HTTP/2 trailing HEADERS frame), in both directions.
+///
+/// RFC 9113 §8.2.2 forbids `Connection`, `Proxy-Connection`, `Keep-Alive`,
+/// `Transfer-Encoding`, `Upgrade` and a `TE` other than `trailers` in any HTTP/2 field
+/// section, trailers included, and the h2 crate refuses to send such trailers
+/// (`UserError::MalformedHeaders`); hyper's body pipe then only logs it, and the
+/// stream is left without an end. Go never sends them: x/net/http2's `encodeHeaders`
+/// (`httpcommon.EncodeHeaders`) skips exactly those names, and its server's
+/// `encodeHeaders` (write.go), which writes trailers too, skips a `transfer-encoding`.
+/// HTTP/1.1 trailers have no business carrying them either (RFC 9110 §6.5.1: no field
+/// that controls the connection or the framing), so the rule is the same both ways: the
+/// header table above, and the names a trailer `Connection` lists, go.
+pub fn strip_trailers(trailers: &mut HeaderMap) {
+    strip_hop_by_hop(trailers);
 }
 
 /// Appends the client's address to `X-Forwarded-For`, folding earlier values into one
@@ -142,6 +159,31 @@ mod tests {
         names.sort();
         assert_eq!(names, ["accept", "te"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    /// The fields HTTP/2 forbids in any field section never stay in trailers (the h2 crate
+    /// refuses the whole trailer block if one is there); the others stay.
+    #[test]
+    fn connection_specific_trailers_go() {
+        let mut t = map(&[
+            ("transfer-encoding", "chunked"),
+            ("connection", "close, x-hop"),
+            ("x-hop", "1"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+        ]);
+        strip_trailers(&mut t);
+        let mut names: Vec<_> = t.keys().map(|k| k.as_str().to_owned()).collect();
+        names.sort();
+        assert_eq!(names, ["grpc-status", "x-checksum"]);
+        // `TE: trailers` is the one value HTTP/2 allows; it may stay.
+        let mut t = map(&[("te", "trailers")]);
+        strip_trailers(&mut t);
+        assert_eq!(t["te"], "trailers");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod filter;
 pub mod h2pool;
 pub mod headers;
 pub mod listener;
+pub mod logging;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;

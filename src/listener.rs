@@ -11,8 +11,12 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Response;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -20,12 +24,32 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
+use crate::body::{BoxError, ProxyBody};
 use crate::metrics::Open;
 use crate::proxy::{Peer, Proxy};
 use crate::shutdown::Shutdown;
 
 /// How long a client may take to send a request's headers (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `--max-connections`' default. Each watch holds a connection and costs about 10 KiB,
+/// so 2,048 leave room for the 1,000 watches of the benchmark twice over in a few tens
+/// of MiB; but a connection (or h2c stream) whose reader stops reading pins more than a
+/// MiB (the API server stream's 1 MiB window, and our send buffer: 64 KiB on an h2c
+/// stream, up to hyper's 400 KiB on an HTTP/1.1 connection), and without a limit an app's
+/// bug could pin memory and descriptors without bound.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+
+/// The h2c budget of one client connection. hyper's defaults (200 streams, 1 MiB
+/// windows, 400 KiB send buffer per stream) let one connection pin about 1.4 MiB per
+/// unread response, 270 MiB in all. RFC 9113 §6.5.2 recommends allowing at least 100
+/// streams; a send buffer of 64 KiB (one of the API server's DATA frames) keeps a
+/// response flowing without a reserve per stream. Request bodies get 256 KiB per stream
+/// and 1 MiB per connection (all streams together) of window.
+const H2C_MAX_STREAMS: u32 = 100;
+const H2C_SEND_BUFFER: usize = 64 * 1024;
+const H2C_STREAM_WINDOW: u32 = 256 * 1024;
+const H2C_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// How long a probe of an existing socket may take before it counts as alive (a full
 /// accept backlog makes a connect wait).
@@ -246,7 +270,8 @@ pub struct ServeOptions {
     /// the next request on an idle keep-alive connection (slowloris guard; kubectl has
     /// none). Never applies while a response — a watch — or a tunnel is running.
     pub header_read_timeout: Duration,
-    /// Refuse connections beyond this many open ones (0: no limit).
+    /// Refuse connections beyond this many open ones, each h2c stream counting as one
+    /// more (0: no limit).
     pub max_connections: usize,
 }
 
@@ -254,7 +279,7 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             header_read_timeout: HEADER_READ_TIMEOUT,
-            max_connections: 0,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -273,16 +298,25 @@ pub async fn serve(
     auto.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    auto.http2()
+        .max_concurrent_streams(H2C_MAX_STREAMS)
+        .max_send_buf_size(H2C_SEND_BUFFER)
+        .initial_stream_window_size(H2C_STREAM_WINDOW)
+        .initial_connection_window_size(H2C_CONNECTION_WINDOW);
     let mut http1 = http1::Builder::new();
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
+    let open = Arc::new(AtomicUsize::new(0));
     let builder = Arc::new(Builders {
         auto,
         http1,
         header_timeout,
+        budget: Budget {
+            open: open.clone(),
+            max: options.max_connections,
+        },
     });
-    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -331,6 +365,79 @@ struct Builders {
     /// HTTP/1.1 alone, for a connection whose first bytes already rule HTTP/2 out.
     http1: http1::Builder,
     header_timeout: Option<Duration>,
+    /// `--max-connections`, which h2c streams count against too.
+    budget: Budget,
+}
+
+/// What all client connections may hold together: `max` open connections, each h2c
+/// stream counting as one more, since each in-flight response may pin as much memory as
+/// an HTTP/1.1 connection's (see [`DEFAULT_MAX_CONNECTIONS`]). Without this, streams over
+/// a few connections would escape the limit.
+struct Budget {
+    open: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl Budget {
+    /// A place for one more h2c stream, held until its response body is done; `Err` when
+    /// the budget is spent. No limit, nothing to hold.
+    fn stream(&self) -> Result<Option<Counted>, usize> {
+        if self.max == 0 {
+            return Ok(None);
+        }
+        if self.open.load(Ordering::Acquire) >= self.max {
+            return Err(self.max);
+        }
+        Ok(Some(Counted::new(&self.open)))
+    }
+}
+
+/// A response body holding its h2c stream's place in the [`Budget`] until hyper drops
+/// it, that is, until the stream is done or reset.
+struct Budgeted {
+    body: ProxyBody,
+    _place: Option<Counted>,
+}
+
+impl Body for Budgeted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The answer to an h2c stream over the budget: a 503 Status on that stream alone; the
+/// connection and its other streams go on.
+fn over_budget(max: usize) -> Response<Budgeted> {
+    let message = format!(
+        "kube-ambassador is serving its maximum of {max} connections and h2c streams \
+         (--max-connections); retry later"
+    );
+    tracing::warn!("{message}");
+    let mut resp: Response<ProxyBody> = crate::status::response(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        crate::status::Reason::ServiceUnavailable,
+        &message,
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    resp.map(|body| Budgeted { body, _place: None })
 }
 
 /// Which server a connection goes to.
@@ -402,7 +509,7 @@ impl Drop for Counted {
 /// client that does not read gets at most a second of our time.
 async fn refuse(accepted: Accepted, max: usize) {
     let message = format!(
-        "kube-ambassador is serving its maximum of {max} connections (--max-connections); retry later"
+        "kube-ambassador is serving its maximum of {max} connections (--max-connections; each h2c stream counts as one more); retry later"
     );
     tracing::warn!("{message}");
     let body = crate::status::body(
@@ -448,17 +555,40 @@ async fn connection<S>(
     let Some(server) = server else {
         return;
     };
-    // Boxed per request: hyper keeps the service future's slot allocated for the whole
-    // connection, so an unboxed one would hold its full size (kilobytes) on every open
-    // connection, watches included; a box is freed as soon as the response head is out.
-    let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer)));
     let io = TokioIo::new(stream);
     match server {
         Server::Http1 => {
+            // Boxed per request: hyper keeps the service future's slot allocated for the
+            // whole connection, so an unboxed one would hold its full size (kilobytes) on
+            // every open connection, watches included; a box is freed as soon as the
+            // response head is out.
+            let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer)));
             let conn = builders.http1.serve_connection(io, service).with_upgrades();
             drive(conn, &shutdown, |c| c.graceful_shutdown()).await;
         }
         Server::Detect => {
+            // Each h2c stream takes a place in the budget for as long as its response
+            // runs; HTTP/1.1 (a unix-socket client) holds only its connection's.
+            let b = builders.clone();
+            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let place = if req.version() == http::Version::HTTP_2 {
+                    b.budget.stream()
+                } else {
+                    Ok(None)
+                };
+                let proxy = proxy.clone();
+                Box::pin(async move {
+                    let place = match place {
+                        Ok(place) => place,
+                        Err(max) => return Ok(over_budget(max)),
+                    };
+                    let resp = proxy.handle(req, peer).await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(|body| Budgeted {
+                        body,
+                        _place: place,
+                    }))
+                })
+            });
             // Boxed: h2c and unix-socket clients are few, and inline this branch's state
             // would make every connection's task as large as it (about a kilobyte more).
             let conn = builders.auto.serve_connection_with_upgrades(io, service);

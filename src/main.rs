@@ -40,7 +40,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Json => logs.json().flatten_event(true).init(),
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        // Control characters a request carries are escaped (`logging`); JSON's own
+        // string escaping covers that format.
+        LogFormat::Text => logs
+            .fmt_fields(kube_ambassador::logging::EscapingFields::default())
+            .with_ansi(std::io::stderr().is_terminal())
+            .init(),
     }
 
     kube_ambassador::memory::limit_arenas();

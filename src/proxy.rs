@@ -19,6 +19,7 @@ use crate::credentials::Credentials;
 use crate::filter::Filter;
 use crate::h2pool::{H2Error, H2Pool, Sent};
 use crate::headers;
+use crate::logging::Escaped;
 use crate::metrics::{Metrics, Open, UpstreamErrorKind};
 use crate::router::{ApiPrefix, Route};
 use crate::shutdown::Shutdown;
@@ -227,9 +228,25 @@ impl Proxy {
             Route::BadRequest => return bad_request("400 Bad Request"),
         };
         if let Some(filter) = &self.filter {
+            if let Some(c) = crate::filter::control_character(&decoded) {
+                tracing::debug!(
+                    method = %req.method(),
+                    path = %Escaped(&decoded),
+                    "refused a path with a control character"
+                );
+                return status::response(
+                    StatusCode::BAD_REQUEST,
+                    Reason::BadRequest,
+                    &format!(
+                        "the decoded path holds a control character (U+{:04X}), which no \
+                         Kubernetes name can hold",
+                        u32::from(c)
+                    ),
+                );
+            }
             // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
             let host = match uri.authority() {
-                Some(a) => a.as_str(),
+                Some(a) => crate::filter::host_and_port(a),
                 None => req
                     .headers()
                     .get(header::HOST)
@@ -237,7 +254,12 @@ impl Proxy {
                     .unwrap_or(""),
             };
             if !filter.accepts(req.method().as_str(), &decoded, host) {
-                tracing::debug!(method = %req.method(), path = %decoded, host, "filter rejected request");
+                tracing::debug!(
+                    method = %req.method(),
+                    path = %Escaped(&decoded),
+                    host = %Escaped(host),
+                    "filter rejected request"
+                );
                 return status::forbidden();
             }
         }
@@ -549,24 +571,30 @@ pub fn upstream_path_and_query(
     PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
 }
 
-/// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (controls,
-/// space, non-ASCII, `"<>\^`{|}`; our HTTP parser lets some of them through), as
-/// kubectl's Go client sends them. Escapes already there are kept as they are.
+/// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (see
+/// [`crate::router::push_uri_escaped`], which the 301's Location uses too).
 fn push_path(out: &mut Vec<u8>, path: &str) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for &b in path.as_bytes() {
-        if b <= b' ' || b >= 0x7f || b"\"<>\\^`{|}".contains(&b) {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        } else {
-            out.push(b);
-        }
-    }
+    crate::router::push_uri_escaped(out, path);
 }
 
 /// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:
 /// an HTTP/1.1 request without `Host` (CONNECT aside), a request with more than one, or
 /// one whose value has a byte no host can contain, gets a 400 and goes nowhere.
+///
+/// Userinfo (`user@`) in an absolute-form target or an h2c `:authority` gets the same
+/// 400: Go refuses it in `Host` (`httpguts.ValidHostHeader` has no `@`), RFC 9110 §4.2.4
+/// deprecates it in http URIs, and a proxy that judged `localhost:8001@evil.com` by its
+/// text would see `localhost`.
 fn host_error<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    if req
+        .uri()
+        .authority()
+        .is_some_and(|a| a.as_str().contains('@'))
+    {
+        return Some(bad_request(
+            "400 Bad Request: userinfo in the request target",
+        ));
+    }
     let mut hosts = req.headers().get_all(header::HOST).iter();
     let body = match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => "400 Bad Request",
@@ -791,6 +819,25 @@ mod tests {
         assert_eq!(refused(&req(Version::HTTP_11, &[""])), None);
         assert_eq!(refused(&req(Version::HTTP_10, &[])), None);
         assert_eq!(refused(&req(Version::HTTP_2, &[])), None);
+        let absolute = |target: &str| {
+            Request::builder()
+                .uri(target)
+                .header(header::HOST, "localhost")
+                .body(())
+                .unwrap()
+        };
+        for target in [
+            "http://localhost:8001@evil.com/version",
+            "http://evil.com@localhost:8001/",
+            "http://u:p@localhost/",
+        ] {
+            assert_eq!(
+                refused(&absolute(target)),
+                Some(StatusCode::BAD_REQUEST),
+                "{target}"
+            );
+        }
+        assert_eq!(refused(&absolute("http://localhost:8001/version")), None);
         for bad in [
             &[][..],
             &["a", "b"],

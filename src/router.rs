@@ -94,12 +94,19 @@ impl ApiPrefix {
     /// Routes a request path (the raw, still-escaped path of the request target).
     pub fn route<'a>(&self, raw_path: &'a str, query: Option<&str>) -> Route<'a> {
         let clean = clean_path(raw_path);
-        let with_query = |mut location: String| {
+        // The Location is escaped as the upstream target is (`push_uri_escaped`): our
+        // HTTP parser lets `\` through, and a browser reads `/\evil.example` as
+        // `//evil.example`, another origin. kubectl's mux escapes it too (and its escapes
+        // again: `/%255Cevil.example`).
+        let with_query = |location: String| {
+            let mut out = Vec::with_capacity(location.len() + query.map_or(0, |q| q.len() + 1));
+            push_uri_escaped(&mut out, &location);
             if let Some(q) = query {
-                location.push('?');
-                location.push_str(q);
+                out.push(b'?');
+                push_uri_escaped(&mut out, q);
             }
-            Route::Redirect(location)
+            // Only ASCII bytes are left, so this never fails.
+            Route::Redirect(String::from_utf8(out).unwrap_or_default())
         };
         // `ServeMux` tries this first, on the cleaned path: `/custom` (or `/./custom`)
         // goes straight to `/custom/`.
@@ -136,6 +143,21 @@ impl ApiPrefix {
         match percent_decode(raw_path) {
             Some(decoded) => Route::Api { raw_path, decoded },
             None => Route::BadRequest,
+        }
+    }
+}
+
+/// Appends `s`, percent-encoding the bytes RFC 3986 allows nowhere in a URI (controls,
+/// space, non-ASCII, `"<>\^`{|}`; our HTTP parser lets some of them through), as
+/// kubectl's Go client sends them. Escapes already there are kept as they are. What
+/// comes out is ASCII: a valid header value and a valid request target.
+pub fn push_uri_escaped(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for &b in s.as_bytes() {
+        if b <= b' ' || b >= 0x7f || b"\"<>\\^`{|}".contains(&b) {
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        } else {
+            out.push(b);
         }
     }
 }
@@ -264,6 +286,23 @@ mod tests {
             p.route("/api/./v1", None),
             Route::Redirect("/api/v1".into())
         );
+    }
+
+    /// `/\host` is `//host` to a browser: another origin. Nothing a URI may not hold is
+    /// left in a Location.
+    #[test]
+    fn redirect_locations_hold_only_uri_bytes() {
+        let p = ApiPrefix::new("/");
+        assert_eq!(
+            p.route("/./\\evil.example/x", None),
+            Route::Redirect("/%5Cevil.example/x".into())
+        );
+        assert_eq!(
+            p.route("//a b/caf\u{e9}\"", Some("q=\\&r=%2F")),
+            Route::Redirect("/a%20b/caf%C3%A9%22?q=%5C&r=%2F".into())
+        );
+        let custom = ApiPrefix::new("/c\\");
+        assert_eq!(custom.route("/c\\", None), Route::Redirect("/c%5C/".into()));
     }
 
     #[test]

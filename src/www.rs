@@ -172,7 +172,10 @@ impl Www {
             return local_redirect("./", query);
         }
         let Some(rel) = relative(&upath) else {
-            tracing::debug!(path = %upath, "static file: refused a path leaving the directory");
+            tracing::debug!(
+                path = %crate::logging::Escaped(&upath),
+                "static file: refused a path leaving the directory"
+            );
             return status::not_found();
         };
         let root = self.root.clone();

@@ -53,7 +53,9 @@ pub const DIFFERENCES: &[(&str, &str)] = &[
     (
         "redirect-escapes",
         "The 301 for an unclean path keeps the percent-escapes as sent (kubectl's Go mux \
-         double-encodes them: `/a//b%2Fc` → `/a/b%252Fc`, a different resource).",
+         double-encodes them: `/a//b%2Fc` → `/a/b%252Fc`, a different resource), and \
+         escapes once what a URI may not hold (`/./\\evil.example/x` → \
+         `/%5Cevil.example/x`; kubectl: `/%255Cevil.example/x`).",
     ),
     (
         "keepalive-zero",
@@ -134,6 +136,39 @@ pub const DIFFERENCES: &[(&str, &str)] = &[
          (decoded `//api/…`) passes its `^/api/.*/exec` rule while anything that normalises \
          the path on the way to the API server serves exec.",
     ),
+    (
+        "userinfo",
+        "A request target or h2c `:authority` with userinfo (`http://user@host/…`) is \
+         refused with a `400`, as Go's server refuses a `Host` with userinfo; kubectl \
+         judges the host after the `@`, so it refuses \
+         `http://localhost:8001@evil.com/` but forwards `http://evil.com@localhost:8001/`.",
+    ),
+    (
+        "control-characters",
+        "A path whose decoded form holds a control character (`%0A`, `%00`, `%1B`, …) is \
+         refused with a `400` Status before the filter runs. kubectl's default patterns use \
+         `.`, which does not match a newline, so `/api/v1/namespaces/d/pods/x%0a/exec` \
+         reaches exec through it; no Kubernetes name can hold a control character.",
+    ),
+    (
+        "node-proxy-exec",
+        "The default `--reject-paths` also refuses the node proxy's routes to the \
+         kubelet's exec, attach and port-forward handlers, \
+         `/api/v1/nodes/NAME/proxy/{run,exec,attach,portForward,cri}`, which kubectl's \
+         list misses. A `--reject-paths` of your own replaces the defaults, as in kubectl.",
+    ),
+    (
+        "log-escapes",
+        "Control characters from a request are escaped in every log line (`\\n`, \
+         `\\u{1b}`), in both formats, so a request cannot forge a log line or drive the \
+         terminal of whoever reads the log; kubectl logs them as they came.",
+    ),
+    (
+        "connection-budget",
+        "`--max-connections` defaults to 2,048 (kubectl has no limit), and each stream of an \
+         h2c connection counts as one more; an h2c connection gets at most 100 concurrent \
+         streams and a 64 KiB send buffer per stream (kubectl does not speak h2c).",
+    ),
 ];
 
 /// Where we differ from kubectl and it is *not* deliberate: neither better nor clearly a
@@ -159,6 +194,26 @@ pub const NOT_SIDE_BY_SIDE: &[(&str, &str)] = &[
         "keepalive-zero",
         "a socket option on the upstream connection (src/upstream.rs): nothing the fake API \
          server can observe",
+    ),
+    (
+        "log-escapes",
+        "the cases compare answers and what reached the API server, not logs; \
+         tests/hardening.rs checks both log formats",
+    ),
+    (
+        "connection-budget",
+        "kubectl proxy does not speak h2c, and reaching 2,048 connections through both \
+         proxies is a load test; tests/hardening.rs checks the budget with a small limit",
+    ),
+    (
+        "log-escapes",
+        "the cases compare answers and what reached the API server, not logs; \
+         tests/hardening.rs checks both log formats",
+    ),
+    (
+        "connection-budget",
+        "kubectl proxy does not speak h2c, and reaching 2,048 connections through both \
+         proxies is a load test; tests/hardening.rs checks the budget with a small limit",
     ),
     (
         "configured-roots",

@@ -15,10 +15,20 @@
 //! *different* names is not significant, RFC 9110 §5.3, and `HeaderMap` does not keep
 //! it); nothing else appears; `X-Forwarded-For` is then one value, the prior values that
 //! survived joined with `, ` and ending with the client's canonical address.
+//!
+//! Trailers: a line `--trailers--` ends the header section; the lines after it are a
+//! trailer section (a chunked body's, or an HTTP/2 trailing HEADERS frame), given to
+//! `strip_trailers`. Properties: no panic; what is left is a field section the h2 crate
+//! sends (its `check_headers`: no `connection`, `transfer-encoding`, `upgrade`,
+//! `keep-alive` or `proxy-connection`, and `te` only as `trailers`; else the whole
+//! trailer block is refused and the stream left without an end); and every field that is
+//! not hop-by-hop (by the same rules as headers) keeps all its values, in order.
 #![no_main]
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use kube_ambassador::headers::{append_forwarded_for, is_upgrade, strip_hop_by_hop};
+use kube_ambassador::headers::{
+    append_forwarded_for, is_upgrade, strip_hop_by_hop, strip_trailers,
+};
 use libfuzzer_sys::fuzz_target;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -52,25 +62,86 @@ fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-fn parse(data: &[u8]) -> (IpAddr, Vec<(HeaderName, HeaderValue)>) {
-    let mut lines = data
-        .split(|&b| b == b'\n')
-        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
-        .peekable();
-    let client = lines
-        .peek()
-        .and_then(|l| std::str::from_utf8(l).ok()?.parse::<IpAddr>().ok());
-    if client.is_some() {
-        lines.next();
+/// Splits the input at its `--trailers--` line, if any: (headers, trailers).
+fn sections(data: &[u8]) -> (&[u8], Option<&[u8]>) {
+    const MARK: &[u8] = b"\n--trailers--";
+    match data.windows(MARK.len()).position(|w| w == MARK) {
+        Some(i) => (&data[..i], Some(&data[i + MARK.len()..])),
+        None => (data, None),
     }
-    let headers = lines
+}
+
+fn fields<'a>(lines: impl Iterator<Item = &'a [u8]>) -> Vec<(HeaderName, HeaderValue)> {
+    lines
         .filter_map(|line| {
             let colon = line.iter().position(|&b| b == b':')?;
             let name = HeaderName::from_bytes(&line[..colon]).ok()?;
             let value = HeaderValue::from_bytes(trim_ows(&line[colon + 1..])).ok()?;
             Some((name, value))
         })
+        .collect()
+}
+
+fn lines(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    data.split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+}
+
+/// `strip_trailers` leaves a section h2 sends, and every end-to-end field as it was.
+fn check_trailers(input: &[(HeaderName, HeaderValue)]) {
+    let mut t = HeaderMap::new();
+    for (name, value) in input {
+        t.append(name, value.clone());
+    }
+    strip_trailers(&mut t);
+    // h2 0.4 `proto::streams::send::Send::check_headers`, the rule it refuses trailers by.
+    for name in [
+        "connection",
+        "transfer-encoding",
+        "upgrade",
+        "keep-alive",
+        "proxy-connection",
+    ] {
+        assert!(
+            !t.contains_key(name),
+            "trailer {name} kept: {input:?} → {t:?}"
+        );
+    }
+    if let Some(te) = t.get(http::header::TE) {
+        assert_eq!(te, "trailers", "trailer te kept: {input:?} → {t:?}");
+    }
+    let named: HashSet<HeaderName> = input
+        .iter()
+        .filter(|(n, _)| n == http::header::CONNECTION)
+        .flat_map(|(_, v)| tokens(v))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
+    for (name, _) in input {
+        if FIXED.contains(&name.as_str()) || named.contains(name) {
+            continue;
+        }
+        let want: Vec<&[u8]> = input
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_bytes())
+            .collect();
+        assert_eq!(
+            values(&t, name),
+            want,
+            "trailer {name} changed: {input:?} → {t:?}"
+        );
+    }
+}
+
+fn parse(data: &[u8]) -> (IpAddr, Vec<(HeaderName, HeaderValue)>) {
+    let mut lines = lines(data).peekable();
+    let client = lines
+        .peek()
+        .and_then(|l| std::str::from_utf8(l).ok()?.parse::<IpAddr>().ok());
+    if client.is_some() {
+        lines.next();
+    }
+    let headers = fields(lines);
     (
         client.unwrap_or(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7))),
         headers,
@@ -82,6 +153,10 @@ fn values<'a>(h: &'a HeaderMap, name: &HeaderName) -> Vec<&'a [u8]> {
 }
 
 fuzz_target!(|data: &[u8]| {
+    let (data, trailers) = sections(data);
+    if let Some(trailers) = trailers {
+        check_trailers(&fields(lines(trailers)));
+    }
     let (client, input) = parse(data);
     let mut h = HeaderMap::new();
     for (name, value) in &input {

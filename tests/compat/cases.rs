@@ -217,7 +217,57 @@ pub fn default_flags() -> Group {
                 ours_reached(o, "/echo/abs")
             },
         ),
+        // --- Userinfo in an absolute-form target: refused outright.
+        Case::differs(
+            "absolute-form with userinfo before evil.com",
+            get("http://localhost:8001@evil.com/echo/abs").host("evil.com"),
+            Want::Made(403),
+            "userinfo",
+            |k, o| {
+                forbidden(k)?;
+                ensure(o.status == 400 && o.seen.is_none(), || {
+                    format!("ours: {} {:?}", o.status, o.body)
+                })
+            },
+        ),
+        Case::differs(
+            "absolute-form with userinfo before localhost",
+            get("http://evil.com@localhost:8001/echo/abs").host("localhost"),
+            Want::Reach,
+            "userinfo",
+            |_, o| {
+                ensure(o.status == 400 && o.seen.is_none(), || {
+                    format!("ours: {} {:?}", o.status, o.body)
+                })
+            },
+        ),
         // --- The default --reject-paths and ways around it.
+        Case::differs(
+            "newline before exec",
+            get(&p("/x%0a/exec")),
+            Want::Reach,
+            "control-characters",
+            |_, o| status_json(o, 400),
+        ),
+        Case::differs(
+            "node proxy exec",
+            get("/api/v1/nodes/node-1/proxy/exec/default/p/c?command=id"),
+            Want::Reach,
+            "node-proxy-exec",
+            |_, o| forbidden(o),
+        ),
+        Case::differs(
+            "node proxy portForward",
+            get("/api/v1/nodes/node-1/proxy/portForward/default/p"),
+            Want::Reach,
+            "node-proxy-exec",
+            |_, o| forbidden(o),
+        ),
+        Case::same(
+            "node proxy metrics",
+            get("/api/v1/nodes/node-1/proxy/metrics"),
+            Want::Reach,
+        ),
         Case::same("exec", get(&p("/foo/exec")), Want::Made(403)),
         Case::same("attach", get(&p("/foo/attach")), Want::Made(403)),
         Case::same(
@@ -314,6 +364,21 @@ pub fn default_flags() -> Group {
                 )
             },
         ),
+        Case::differs(
+            "unclean with a backslash",
+            get("/./\\evil.example/x"),
+            Want::Made(301),
+            "redirect-escapes",
+            |k, o| {
+                ensure(k.header("location") == Some("/%255Cevil.example/x"), || {
+                    format!("kubectl: Location {:?}", k.header("location"))
+                })?;
+                ensure(
+                    o.status == 301 && o.header("location") == Some("/%5Cevil.example/x"),
+                    || format!("ours: {} Location {:?}", o.status, o.header("location")),
+                )
+            },
+        ),
         Case::same(
             "malformed escape %zz",
             get("/api/v1/na%zzme"),
@@ -332,12 +397,14 @@ pub fn default_flags() -> Group {
         )
         .uri("/echo/q?a=%2F&b=c+d&e&=x&a=2"),
         Case::same("empty query", get("/echo/q?"), Want::Reach),
-        Case::same(
-            "escaped NUL and non-UTF-8",
+        Case::same("escaped non-UTF-8", get("/echo/%ff%C3%A9"), Want::Reach).uri("/echo/%ff%C3%A9"),
+        Case::differs(
+            "escaped NUL",
             get("/echo/%00%ff%C3%A9"),
             Want::Reach,
-        )
-        .uri("/echo/%00%ff%C3%A9"),
+            "control-characters",
+            |_, o| status_json(o, 400),
+        ),
         Case::same("raw UTF-8 in the path", get("/echo/caf\u{e9}"), Want::Reach)
             .uri("/echo/caf%C3%A9"),
         Case::same(
