@@ -289,7 +289,8 @@ use std::future::Future as _;
 /// from trailers as Go's HTTP/2 code drops them, and the request is answered.
 #[tokio::test]
 async fn connection_specific_request_trailers_are_dropped_and_the_request_is_answered() {
-    let (api, _world, proxy) = setup(&[]).await;
+    // Every request over HTTP/2 (by default a POST takes HTTP/1.1, see `upstream_h2.rs`).
+    let (api, _world, proxy) = setup(&["--upstream-http2=true"]).await;
     let trailers = [
         "Transfer-Encoding: chunked",
         "Connection: close",

@@ -370,37 +370,6 @@ async fn a_frozen_connection_is_found_dead_and_the_request_goes_to_a_fresh_one()
 }
 
 #[tokio::test]
-async fn connection_specific_request_trailers_are_dropped_and_the_request_answered() {
-    let (api, _world, proxy) =
-        setup(FakeApiOptions::new(Pki::new()), &["--upstream-http2=true"]).await;
-    for name in [
-        "Transfer-Encoding",
-        "Connection",
-        "Upgrade",
-        "Keep-Alive",
-        "TE",
-    ] {
-        let req = format!(
-            "POST /echo HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\
-             Connection: close\r\n\r\n5\r\nhello\r\n0\r\n{name}: chunked\r\nX-Kept: yes\r\n\r\n"
-        );
-        let answer = within(
-            "the answer",
-            client::raw_until_close(proxy.socket_addr(), req.as_bytes()),
-        )
-        .await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{name}: {answer}");
-    }
-    let posts: Vec<_> = api
-        .requests()
-        .into_iter()
-        .filter(|r| r.method == "POST")
-        .collect();
-    assert_eq!(posts.len(), 5);
-    assert!(posts.iter().all(|p| p.body_len == 5 && p.body_complete));
-}
-
-#[tokio::test]
 async fn a_request_body_that_fails_resets_the_stream_and_gets_a_502() {
     let (api, _world, proxy) =
         setup(FakeApiOptions::new(Pki::new()), &["--upstream-http2=true"]).await;
