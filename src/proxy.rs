@@ -440,8 +440,11 @@ impl Proxy {
         long_lived: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let req = match &self.h2 {
+            // Boxed: the HTTP/2 attempt's state (its retry copy, timers, reset handle)
+            // would otherwise enlarge every request's future, the short HTTP/1.1 ones
+            // included (see `future_size`).
             Some(pool) if long_lived || self.h2_policy == Http2Policy::Always => {
-                match pool.send(req).await? {
+                match Box::pin(pool.send(req)).await? {
                     Sent::Response(resp) => return Ok(resp.map(UpstreamBody::Http2)),
                     Sent::Http1(req) => req,
                 }
