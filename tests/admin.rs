@@ -286,7 +286,7 @@ async fn the_active_watches_gauge_is_1_while_a_watch_is_open_and_0_after_it_clos
 
 #[tokio::test]
 async fn the_upstream_http2_gauge_follows_the_connections_to_the_api_server() {
-    let (api, _world, proxy, admin) = setup().await;
+    let (api, _world, proxy, admin) = setup_with(TOKEN, &["--upstream-http2=true"]).await;
     for _ in 0..3 {
         assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
     }

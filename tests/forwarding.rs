@@ -133,7 +133,7 @@ async fn host_is_rewritten(args: &[&str], version: &str) {
 
 #[tokio::test]
 async fn host_is_rewritten_to_the_api_servers_address() {
-    host_is_rewritten(&[], "HTTP/2.0").await;
+    host_is_rewritten(&["--upstream-http2=true"], "HTTP/2.0").await;
 }
 
 #[tokio::test]
@@ -476,7 +476,8 @@ async fn an_http_1_0_client_gets_an_unchunked_response_while_the_api_server_sees
 #[tokio::test]
 async fn an_http_1_0_client_gets_an_unchunked_response_of_unknown_length_over_http_2() {
     // Over HTTP/2 the answer has no length either: DATA frames until END_STREAM.
-    http_1_0_client_gets_an_unchunked_response(&[], http::Version::HTTP_2).await;
+    http_1_0_client_gets_an_unchunked_response(&["--upstream-http2=true"], http::Version::HTTP_2)
+        .await;
 }
 
 async fn http_1_0_client_gets_an_unchunked_response(args: &[&str], upstream: http::Version) {
@@ -515,7 +516,7 @@ async fn http_1_0_client_gets_an_unchunked_response(args: &[&str], upstream: htt
 /// only the start of the HTTP/2 preface, "P" (a `POST`, `PUT` or `PATCH` could begin so).
 #[tokio::test]
 async fn http2_prior_knowledge_and_http1_clients_are_both_served() {
-    let (api, _world, proxy) = setup(&[]).await;
+    let (api, _world, proxy) = setup(&["--upstream-http2=true"]).await;
     let addr = proxy.socket_addr();
 
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
