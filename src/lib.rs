@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod filter;
 pub mod h2pool;
 pub mod headers;
+pub mod inject;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
