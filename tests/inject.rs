@@ -266,3 +266,40 @@ fn the_proxy_flags_still_work_without_a_subcommand_but_not_before_one() {
         assert!(help.contains(flag), "inject --help lacks {flag}:\n{help}");
     }
 }
+
+/// The README's `manifests/` table (under "Deploy") names every file there.
+#[test]
+fn the_readme_manifests_table_lists_every_file() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let deploy = &readme[readme.find("\n## Deploy\n").expect("a Deploy section")..];
+    let table: String = deploy
+        .lines()
+        .skip_while(|l| !l.starts_with("| file | what |"))
+        .take_while(|l| l.starts_with('|'))
+        .map(|l| l.split('|').nth(1).unwrap_or("").to_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join("manifests")];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).expect("read manifests/") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let rel = path.strip_prefix(root.join("manifests")).unwrap();
+                files.push(rel.display().to_string());
+            }
+        }
+    }
+    files.sort();
+    let missing: Vec<&String> = files
+        .iter()
+        .filter(|f| !table.contains(&format!("`{f}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "the README's manifests table lacks {missing:?}"
+    );
+}
