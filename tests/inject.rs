@@ -3,7 +3,11 @@
 //! to show it is idempotent and uninjected to show it comes out whole; errors name the
 //! document and the field. `UPDATE_GOLDEN=1 cargo test --test inject` rewrites the
 //! golden files (then review the diff). .ci/deploy-checks.sh validates every golden
-//! output with kubernetes-validate --strict and checkov, as it does manifests/.
+//! output with kubernetes-validate --strict and checkov, as it does manifests/; here
+//! `kubectl apply --dry-run=client` reads each (where kubectl is installed; under `CI` it
+//! must be).
+
+mod support;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -302,4 +306,171 @@ fn the_readme_manifests_table_lists_every_file() {
         missing.is_empty(),
         "the README's manifests table lacks {missing:?}"
     );
+}
+
+/// A stand-in for an API server's discovery, enough for `kubectl apply --dry-run=client`
+/// to map each golden kind to its resource: legacy discovery documents for the groups
+/// the golden files use, and 404 for every object (so kubectl takes its "create" path).
+/// Schema validation is kubernetes-validate's (in CI): this checks what only kubectl
+/// can, that it reads our YAML and JSON and knows every object in it.
+fn discovery_stub() -> std::net::SocketAddr {
+    use std::io::{BufRead as _, BufReader};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the stub");
+    let addr = listener.local_addr().expect("stub address");
+    let resource = |name: &str, kind: &str| {
+        serde_json::json!({
+            "name": name, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind,
+            "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+        })
+    };
+    let list = move |gv: &str, items: &[(&str, &str)]| {
+        serde_json::json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv,
+            "resources": items.iter().map(|(n, k)| resource(n, k)).collect::<Vec<_>>(),
+        })
+        .to_string()
+    };
+    let group = |name: &str| {
+        serde_json::json!({
+            "name": name,
+            "versions": [{"groupVersion": format!("{name}/v1"), "version": "v1"}],
+            "preferredVersion": {"groupVersion": format!("{name}/v1"), "version": "v1"},
+        })
+    };
+    let routes: Vec<(&'static str, String)> = vec![
+        (
+            "/api",
+            serde_json::json!({"kind": "APIVersions", "versions": ["v1"],
+                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})
+            .to_string(),
+        ),
+        (
+            "/apis",
+            serde_json::json!({"kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [group("apps"), group("batch"), group("networking.k8s.io")]})
+            .to_string(),
+        ),
+        (
+            "/api/v1",
+            list(
+                "v1",
+                &[
+                    ("pods", "Pod"),
+                    ("replicationcontrollers", "ReplicationController"),
+                    ("services", "Service"),
+                    ("configmaps", "ConfigMap"),
+                    ("podtemplates", "PodTemplate"),
+                ],
+            ),
+        ),
+        (
+            "/apis/apps/v1",
+            list(
+                "apps/v1",
+                &[
+                    ("deployments", "Deployment"),
+                    ("statefulsets", "StatefulSet"),
+                    ("daemonsets", "DaemonSet"),
+                    ("replicasets", "ReplicaSet"),
+                ],
+            ),
+        ),
+        (
+            "/apis/batch/v1",
+            list("batch/v1", &[("jobs", "Job"), ("cronjobs", "CronJob")]),
+        ),
+        (
+            "/apis/networking.k8s.io/v1",
+            list("networking.k8s.io/v1", &[("networkpolicies", "NetworkPolicy")]),
+        ),
+    ];
+    let routes = std::sync::Arc::new(routes);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let routes = routes.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(conn.try_clone().expect("clone the socket"));
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                    }
+                    let target = request_line.split(' ').nth(1).unwrap_or("/");
+                    let path = target.split('?').next().unwrap_or("/");
+                    let (code, body) = match routes.iter().find(|(p, _)| *p == path) {
+                        Some((_, body)) => ("200 OK", body.clone()),
+                        None => (
+                            "404 Not Found",
+                            r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"not found","reason":"NotFound","code":404}"#
+                                .to_owned(),
+                        ),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err()
+                        || conn.write_all(body.as_bytes()).is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn kubectl_apply_dry_run_accepts_every_golden_output() {
+    let Some(kubectl) = support::kubectl("kubectl apply --dry-run=client on the inject outputs")
+    else {
+        return;
+    };
+    let server = discovery_stub();
+    let scratch = std::env::temp_dir().join(format!("ka-inject-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let kubeconfig = scratch.join("empty-kubeconfig");
+    std::fs::write(&kubeconfig, "").unwrap();
+    let mut failures = Vec::new();
+    for (_, _, golden) in CASES {
+        let path = dir().join("out").join(golden);
+        let out = Command::new(&kubectl)
+            .arg(format!("--server=http://{server}"))
+            .arg(format!("--cache-dir={}", scratch.join("cache").display()))
+            .args([
+                "--request-timeout=20s",
+                "apply",
+                "--dry-run=client",
+                "--validate=false",
+            ])
+            .arg("-f")
+            .arg(&path)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("HOME", &scratch)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .output()
+            .expect("run kubectl");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() || !stdout.contains("created (dry run)") {
+            failures.push(format!(
+                "{golden}: kubectl apply --dry-run=client: {}\n{stdout}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
