@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Deployment checks for kube-ambassador: lints the Dockerfile (hadolint, checkov) and
-# validates the Kubernetes manifests under manifests/ (kubernetes-validate against the
-# API schemas, checkov's security checks, and a kustomize render). No cluster and no
+# validates the Kubernetes manifests under manifests/ and what `kube-ambassador inject`
+# writes (tests/inject/out/) (kubernetes-validate against the API schemas, checkov's
+# security checks, and a kustomize render). No cluster and no
 # Docker engine needed. Called by .ci/run from the repository root; runs alone too:
 #   bash .ci/deploy-checks.sh
 #
@@ -88,6 +89,34 @@ done
 
 step "checkov -d manifests --framework kubernetes"
 checkov -d manifests --framework kubernetes "${checkov_args[@]}"
+
+# ---------------------------------------------------------------------------- inject
+# `kube-ambassador inject`'s golden outputs (tests/inject/out/, checked against the binary
+# by tests/inject.rs) get the same checks as manifests/. A List's items are validated one
+# by one: kubernetes-validate has no schema for List itself.
+mapfile -t injected < <(find tests/inject/out -name '*.yaml' | sort)
+items_dir="$(mktemp -d)"
+while read -r list; do
+    python3 - "$list" "$items_dir" <<'PY'
+import json, os, sys
+doc = json.load(open(sys.argv[1]))
+for i, item in enumerate(doc.get("items", [doc])):
+    name = os.path.basename(sys.argv[1]).removesuffix(".json")
+    with open(os.path.join(sys.argv[2], f"{name}-{i}.json"), "w") as f:
+        json.dump(item, f)
+PY
+done < <(find tests/inject/out -name '*.json' | sort)
+mapfile -t -O "${#injected[@]}" injected < <(find "$items_dir" -name '*.json' | sort)
+((${#injected[@]})) || { echo "error: no inject outputs under tests/inject/out/" >&2; exit 1; }
+for v in "${K8S_VERSIONS[@]}"; do
+    step "kubernetes-validate --strict --kubernetes-version $v: inject outputs (${#injected[@]} files)"
+    kubernetes-validate --strict --quiet --kubernetes-version "$v" "${injected[@]}"
+    echo "all inject outputs valid against Kubernetes $v"
+done
+
+step "checkov -d tests/inject/out --framework kubernetes"
+checkov -d tests/inject/out --framework kubernetes "${checkov_args[@]}"
+rm -rf "$items_dir"
 
 step "kubectl kustomize manifests"
 if command -v kubectl >/dev/null 2>&1; then

@@ -12,9 +12,18 @@ if [[ $(id -u) -ne 0 ]] || ! command -v chroot >/dev/null; then
 fi
 
 target=x86_64-unknown-linux-gnu
+# Cargo puts its output under CARGO_TARGET_DIR when that is set (a shared build cache).
+target_dir="${CARGO_TARGET_DIR:-target}"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" --bin kube-ambassador
 cargo build --locked --example fake-apiserver
-bin="target/$target/release/kube-ambassador"
+bin="$target_dir/$target/release/kube-ambassador"
+fake="$target_dir/debug/examples/fake-apiserver"
+for built in "$bin" "$fake"; do
+  if [[ ! -x "$built" ]]; then
+    echo "static-root: $built was not built (is CARGO_TARGET_DIR or the build's target what this script expects?)" >&2
+    exit 1
+  fi
+done
 # grep without -q reads all of readelf's output: an early exit would SIGPIPE it under pipefail.
 if readelf -lW "$bin" | grep 'program interpreter' >/dev/null; then
   echo "static-root: $bin is dynamically linked" >&2
@@ -37,7 +46,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-target/debug/examples/fake-apiserver --dir "$work/api" >"$work/api.out" 2>"$work/api.err" &
+"$fake" --dir "$work/api" >"$work/api.out" 2>"$work/api.err" &
 pids+=($!)
 for _ in $(seq 100); do grep -q '^SERVICE_ACCOUNT_DIR=' "$work/api.out" 2>/dev/null && break; sleep 0.1; done
 # shellcheck disable=SC1090

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! It prints the `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` to export, the
-//! service-account directory to pass as `--service-account-dir` and a kubeconfig (for
-//! `kubectl`) trusting its CA with its token, logs each request it receives to stderr, and
+//! service-account directory to pass as `--service-account-dir` and a kubeconfig
+//! (`DIR/kubeconfig`, for kube-ambassador or `kubectl`) trusting its CA with its token, logs each request it receives to stderr, and
 //! serves until Ctrl-C (or SIGTERM).
 //!
 //! For benchmarks (`bench/run.sh`): `--pods N` serves `pod-0`..`pod-{N-1}` in `default`
@@ -155,7 +155,13 @@ async fn main() -> ExitCode {
         opts = opts.pods(n);
     }
     let api = FakeApi::start(opts).await;
-    let kubeconfig = world.kubeconfig(&api.url(), &world.ca_path(), TOKEN);
+    // Always DIR/kubeconfig, so that the README's recipe can name it.
+    let kubeconfig = args.dir.join("kubeconfig");
+    let written = world.kubeconfig(&api.url(), &world.ca_path(), TOKEN);
+    if let Err(e) = std::fs::rename(&written, &kubeconfig) {
+        eprintln!("fake-apiserver: write {}: {e}", kubeconfig.display());
+        return ExitCode::FAILURE;
+    }
 
     println!("KUBERNETES_SERVICE_HOST=127.0.0.1");
     println!("KUBERNETES_SERVICE_PORT={}", api.port());

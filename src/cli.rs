@@ -20,12 +20,16 @@ pub const DEFAULT_PORT: u16 = 8001;
 const PROXY: &str = "kubectl proxy options";
 const KUBECONFIG: &str = "Kubeconfig options (as kubectl's global flags)";
 const OURS: &str = "kube-ambassador options";
+/// kubectl's global flags that mean nothing to a proxy: accepted so that scripts written
+/// for `kubectl proxy` run unchanged, and named once in the log (see [`Cli::ignored`]).
+const GLOBAL: &str = "kubectl global flags (accepted, no effect on a proxy)";
 
 /// Serve the Kubernetes API on a local port, with TLS and credentials handled for you.
 #[derive(Parser, Clone)]
 #[command(
     name = "kube-ambassador",
     version,
+    max_term_width = 100,
     about = "Creates a proxy server or application-level gateway between localhost and the \
              Kubernetes API server.",
     long_about = "Creates a proxy server or application-level gateway between localhost and \
@@ -47,7 +51,13 @@ const OURS: &str = "kube-ambassador options";
   # Serve the API under /k8s-api/ and refuse writes
   kube-ambassador --api-prefix=/k8s-api --reject-methods='POST,PUT,PATCH,DELETE'"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// Without a subcommand it is the proxy, with kubectl proxy's flags, so that scripts
+    /// calling `kubectl proxy FLAGS` work unchanged.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// The port on which to run the proxy. Set to 0 to pick a random port.
     #[arg(short = 'p', long, default_value_t = DEFAULT_PORT, help_heading = PROXY)]
     pub port: u16,
@@ -111,8 +121,9 @@ pub struct Cli {
     #[arg(short = 's', long, help_heading = KUBECONFIG)]
     pub server: Option<String>,
 
-    /// Bearer token for authentication to the API server (read once; prefer a token
-    /// file, which is re-read when it changes).
+    /// Bearer token for authentication to the API server. Read once and never renewed:
+    /// a kubeconfig user's `tokenFile`, or the service account (--service-account-dir),
+    /// is re-read when it changes.
     #[arg(long, help_heading = KUBECONFIG)]
     pub token: Option<Secret>,
 
@@ -154,6 +165,15 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", help_heading = KUBECONFIG)]
     pub client_key: Option<PathBuf>,
 
+    /// Username for basic authentication to the API server (kubectl's --username; it
+    /// replaces the kubeconfig user's, and cannot be combined with a bearer token).
+    #[arg(long, help_heading = KUBECONFIG)]
+    pub username: Option<String>,
+
+    /// Password for basic authentication to the API server (kubectl's --password).
+    #[arg(long, help_heading = KUBECONFIG)]
+    pub password: Option<Secret>,
+
     /// Username to impersonate for the operation. User could be a regular user or a
     /// service account in a namespace.
     #[arg(long = "as", value_name = "USER", help_heading = KUBECONFIG)]
@@ -184,7 +204,9 @@ pub struct Cli {
     pub exec_timeout: Duration,
 
     /// Directory holding the pod's service-account `token`, `ca.crt` and `namespace`
-    /// (used in a pod, with KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT).
+    /// (used in a pod, with KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT). Naming
+    /// it asks for in-cluster mode: only an explicit --kubeconfig is read then.
+    /// [default: /var/run/secrets/kubernetes.io/serviceaccount]
     #[arg(long, value_name = "DIR", help_heading = OURS)]
     pub service_account_dir: Option<PathBuf>,
 
@@ -268,6 +290,132 @@ pub struct Cli {
     /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL", help_heading = KUBECONFIG)]
     pub verbosity: u8,
+
+    // kubectl's global flags with no meaning for a proxy (kubectl's
+    // staging/src/k8s.io/kubectl/pkg/cmd/cmd.go and component-base/logs): accepted with
+    // kubectl's value syntax, then ignored and named once at start-up.
+    /// Default cache directory (kubectl's discovery and HTTP cache; a proxy keeps none).
+    #[arg(long, value_name = "DIR", help_heading = GLOBAL)]
+    pub cache_dir: Option<String>,
+
+    /// Require server version to match client version.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = GLOBAL)]
+    pub match_server_version: Option<bool>,
+
+    /// Name of profile to capture (kubectl's Go profiler).
+    #[arg(long, value_name = "NAME", help_heading = GLOBAL)]
+    pub profile: Option<String>,
+
+    /// Name of the file to write the profile to.
+    #[arg(long, value_name = "FILE", help_heading = GLOBAL)]
+    pub profile_output: Option<String>,
+
+    /// Comma-separated list of pattern=N settings for file-filtered logging (klog; use
+    /// RUST_LOG here).
+    #[arg(long, value_name = "PATTERN=N", help_heading = GLOBAL)]
+    pub vmodule: Option<String>,
+
+    /// Maximum number of seconds between log flushes (klog; every line is written at once
+    /// here).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, help_heading = GLOBAL)]
+    pub log_flush_frequency: Option<Duration>,
+
+    /// Treat warnings received from the server as errors (a proxy passes them on to its
+    /// client in the `Warning` header).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", help_heading = GLOBAL)]
+    pub warnings_as_errors: Option<bool>,
+}
+
+impl Cli {
+    /// The kubectl global flags given that have no effect here, as `--flag=value`, for the
+    /// one start-up log line that says so.
+    pub fn ignored(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut add = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                out.push(format!("--{name}={v}"));
+            }
+        };
+        add("cache-dir", self.cache_dir.clone());
+        add(
+            "match-server-version",
+            self.match_server_version.map(|b| b.to_string()),
+        );
+        add("profile", self.profile.clone());
+        add("profile-output", self.profile_output.clone());
+        add("vmodule", self.vmodule.clone());
+        add(
+            "log-flush-frequency",
+            self.log_flush_frequency.map(|d| format!("{d:?}")),
+        );
+        add(
+            "warnings-as-errors",
+            self.warnings_as_errors.map(|b| b.to_string()),
+        );
+        out
+    }
+}
+
+/// What else the binary does.
+#[derive(clap::Subcommand, Clone, Debug)]
+pub enum Command {
+    /// Add kube-ambassador to every pod template of some manifests (Pod, Deployment,
+    /// StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, ReplicationController, and the
+    /// items of a List), and write them to stdout; other objects pass through unchanged.
+    #[command(after_help = "Examples:
+  # Add the native sidecar (Kubernetes >= 1.29) and apply
+  kube-ambassador inject -f deployment.yaml | kubectl apply -f -
+
+  # The sidecar alone holds the service-account token
+  kubectl get deploy web -o yaml | kube-ambassador inject --isolate-token | kubectl apply -f -
+
+  # Take it out again
+  kube-ambassador inject --uninject -f deployment.yaml")]
+    Inject(InjectArgs),
+}
+
+/// `kube-ambassador inject`'s flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct InjectArgs {
+    /// The manifests to read (YAML, several documents, or JSON); `-` is stdin.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    pub file: PathBuf,
+
+    /// The sidecar's image.
+    #[arg(long, default_value = concat!("kube-ambassador:", env!("CARGO_PKG_VERSION")))]
+    pub image: String,
+
+    /// Add a regular container instead of the native sidecar (an init container with
+    /// `restartPolicy: Always`), for clusters older than Kubernetes 1.29.
+    #[arg(long)]
+    pub classic: bool,
+
+    /// Set `automountServiceAccountToken: false` on the pod and mount a projected
+    /// service-account token, `ca.crt` and namespace into the sidecar alone, so the app
+    /// never holds the token.
+    #[arg(long)]
+    pub isolate_token: bool,
+
+    /// The environment variable that tells app containers the proxy's URL.
+    #[arg(long, value_name = "NAME", default_value = "KUBERNETES_PROXY_URL")]
+    pub env: String,
+
+    /// The port the sidecar serves the API on (on 127.0.0.1).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    pub proxy_port: u16,
+
+    /// The port of the sidecar's /healthz, /readyz and /metrics (the probes use it).
+    #[arg(long, value_name = "PORT", default_value_t = 8002)]
+    pub admin_port: u16,
+
+    /// Remove what inject added instead.
+    #[arg(long)]
+    pub uninject: bool,
 }
 
 /// How log lines are written.

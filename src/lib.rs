@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod filter;
 pub mod h2pool;
 pub mod headers;
+pub mod inject;
 pub mod listener;
 pub mod logging;
 pub mod memory;
@@ -78,7 +79,29 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         ),
         None => (ApiPrefix::new(&cli.api_prefix), None),
     };
+    // The other flags come next, so that a typo in one is reported even on a machine
+    // with no API server configured (whose error would otherwise hide it).
+    let filter = if cli.disable_filter {
+        None
+    } else {
+        Some(Filter::new(&FilterSpec {
+            accept_hosts: &cli.accept_hosts,
+            accept_paths: &cli.accept_paths,
+            reject_paths: &cli.reject_paths,
+            reject_methods: &cli.reject_methods,
+        })?)
+    };
+    if cli.unix_socket.is_none() {
+        listener::socket_addr(&cli.address, cli.port).await?;
+    }
     let upstream = config::resolve(&cli, &Environment::from_process())?;
+    let ignored = cli.ignored();
+    if !ignored.is_empty() {
+        tracing::info!(
+            "ignoring {}: kubectl's global flags with no effect on a proxy",
+            ignored.join(" ")
+        );
+    }
     if !cli.append_server_path && !upstream.base_path.is_empty() {
         tracing::warn!(
             "Your kube context contains a server path {}, use --append-server-path to \
@@ -91,22 +114,12 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         upstream.client_cert.clone(),
     )?;
     let creds = Credentials::load(upstream.token.clone(), Some(tls.clone()))?;
-    let filter = if cli.disable_filter {
-        // Like kubectl, no warning for a unix socket: no web page can reach it.
-        if cli.unix_socket.is_none() {
-            tracing::warn!(
-                "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
-            );
-        }
-        None
-    } else {
-        Some(Filter::new(&FilterSpec {
-            accept_hosts: &cli.accept_hosts,
-            accept_paths: &cli.accept_paths,
-            reject_paths: &cli.reject_paths,
-            reject_methods: &cli.reject_methods,
-        })?)
-    };
+    // Like kubectl, no warning for a unix socket: no web page can reach it.
+    if cli.disable_filter && cli.unix_socket.is_none() {
+        tracing::warn!(
+            "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
+        );
+    }
     let opts = ConnectOptions {
         connect_timeout: cli.connect_timeout,
         keepalive: cli.keepalive,

@@ -120,6 +120,18 @@ impl Listener {
 
 /// Resolves `--address` (`127.0.0.1`, `::1`, `[::1]`, `localhost`) and binds.
 pub async fn bind(address: &str, port: u16) -> Result<TcpListener, ListenError> {
+    let addr = socket_addr(address, port).await?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| ListenError::Bind {
+            addr: addr.to_string(),
+            reason: go_errno_text(&e),
+        })
+}
+
+/// `--address` and `--port` as the socket address to bind (a name is looked up), checked
+/// at start-up before the upstream is resolved, so a bad flag is reported first.
+pub async fn socket_addr(address: &str, port: u16) -> Result<SocketAddr, ListenError> {
     let host = address
         .strip_prefix('[')
         .and_then(|a| a.strip_suffix(']'))
@@ -132,12 +144,7 @@ pub async fn bind(address: &str, port: u16) -> Result<TcpListener, ListenError> 
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| ListenError::Address(address.to_owned()))?,
     };
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| ListenError::Bind {
-            addr: addr.to_string(),
-            reason: go_errno_text(&e),
-        })
+    Ok(addr)
 }
 
 /// Binds a unix socket at `path`, readable and writable by our user only (mode 0700, as

@@ -4,7 +4,7 @@ use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use kube_ambassador::cli::{Cli, LogFormat};
+use kube_ambassador::cli::{Cli, Command, InjectArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
 /// Page-aligned slots for hyper's per-connection buffers (see `memory`).
@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             };
         }
     };
+    if let Some(Command::Inject(args)) = &cli.command {
+        return inject(args);
+    }
     let level = match cli.verbosity {
         0..=3 => "info",
         4 | 5 => "debug",
@@ -67,6 +70,53 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(kube_ambassador::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `kube-ambassador inject`: the file (or stdin) in, the injected manifests on stdout.
+fn inject(args: &InjectArgs) -> ExitCode {
+    use std::io::{Read as _, Write as _};
+    let input = if args.file.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map(|_| text)
+            .map_err(|e| format!("cannot read stdin: {e}"))
+    } else {
+        std::fs::read_to_string(&args.file)
+            .map_err(|e| format!("cannot read {}: {e}", args.file.display()))
+    };
+    let opts = kube_ambassador::inject::Options {
+        image: args.image.clone(),
+        classic: args.classic,
+        isolate_token: args.isolate_token,
+        env_name: args.env.clone(),
+        proxy_port: args.proxy_port,
+        admin_port: args.admin_port,
+        uninject: args.uninject,
+    };
+    let result = input.and_then(|text| {
+        kube_ambassador::inject::run(&text, &opts).map_err(|e| match args.file.as_os_str() {
+            f if f == "-" => e.to_string(),
+            _ => format!("{}: {e}", args.file.display()),
+        })
+    });
+    match result {
+        Ok(out) => {
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout
+                .write_all(out.as_bytes())
+                .and_then(|()| stdout.flush())
+            {
+                eprintln!("error: cannot write to stdout: {e}");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(1)

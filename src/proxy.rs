@@ -279,7 +279,12 @@ impl Proxy {
             // otherwise enlarge every request's future.
             return Box::pin(upgrade::forward(self, req, target, peer)).await;
         }
-        self.forward(req, target, peer, long_lived).await
+        let discovery = status::is_discovery(req.method(), &decoded, req.headers());
+        let resp = self.forward(req, target, peer, long_lived).await;
+        if discovery {
+            return status::for_discovery(resp);
+        }
+        resp
     }
 
     /// Fixed origin + the client's path and query, byte for byte (but for bytes no URI
@@ -468,6 +473,7 @@ impl Proxy {
             Err(resp) => return resp,
         };
         let sent = self.rewrite_request_headers(&mut headers, peer, auth);
+        let ours = sent.is_some();
         // A request without a body can be sent again: after a 401 if a newer credential
         // shows up, and (idempotent ones) after meeting a connection the server had
         // closed. One header-map copy serves both; no body is ever kept.
@@ -495,6 +501,9 @@ impl Proxy {
                     };
                 }
             }
+        }
+        if ours && resp.status() == StatusCode::UNAUTHORIZED {
+            self.creds.unauthorized();
         }
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
@@ -670,7 +679,7 @@ fn classify(
         if let Some(H2Error::RequestBody(cause)) = h2 {
             return (
                 StatusCode::BAD_GATEWAY,
-                Reason::ServiceUnavailable,
+                Reason::InternalError,
                 UpstreamErrorKind::Other,
                 format!("the request body could not be sent: {cause}"),
             );
@@ -690,7 +699,7 @@ fn classify(
     if let Some(tls) = tls {
         return (
             StatusCode::BAD_GATEWAY,
-            Reason::ServiceUnavailable,
+            Reason::InternalError,
             UpstreamErrorKind::Tls,
             format!("TLS handshake failed: {tls}"),
         );
@@ -710,13 +719,13 @@ fn classify(
         ),
         _ if parse => (
             StatusCode::BAD_GATEWAY,
-            Reason::ServiceUnavailable,
+            Reason::InternalError,
             UpstreamErrorKind::Malformed,
             format!("malformed response ({cause})"),
         ),
         _ => (
             StatusCode::BAD_GATEWAY,
-            Reason::ServiceUnavailable,
+            Reason::InternalError,
             UpstreamErrorKind::Other,
             cause,
         ),

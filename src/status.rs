@@ -9,20 +9,27 @@
 use std::fmt::Write as _;
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-/// The `reason` field values we use (a subset of apimachinery's `StatusReason`).
+use crate::body::ProxyBody;
+
+/// The `reason` field values we use (a subset of apimachinery's `StatusReason`,
+/// k8s.io/apimachinery/pkg/apis/meta/v1/types.go), each with the code a client expects
+/// beside it: the ones client-go's `NewGenericServerResponse`
+/// (k8s.io/apimachinery/pkg/api/errors) derives from a bare status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
-    /// The upstream could not be reached or answered garbage (502).
+    /// 503: nothing to answer with now, try again (connection refused, no credential,
+    /// too many connections).
     ServiceUnavailable,
-    /// The upstream did not answer in time (504).
+    /// 504: the upstream did not answer in time.
     Timeout,
-    /// Nothing is served at this path (404).
+    /// 404: nothing is served at this path.
     NotFound,
-    /// The request itself is malformed (400).
+    /// 400: the request itself is malformed.
     BadRequest,
-    /// Something inside the proxy failed (500).
+    /// 500, and 502: `StatusReason` has no reason of its own for a bad gateway, and
+    /// client-go maps every 5xx without one (502 included) to `InternalError`.
     InternalError,
 }
 
@@ -119,6 +126,62 @@ pub fn moved_permanently<B: From<Bytes>>(method: &http::Method, location: &str) 
     resp
 }
 
+/// A discovery request from kubectl (client-go's aggregated discovery, 1.26+): `GET /api`
+/// or `/apis` asking for `application/json;g=apidiscovery.k8s.io;...`
+/// (k8s.io/client-go/discovery `AcceptV2`, `AcceptV2Beta1`). `path` is the decoded path
+/// below the API prefix.
+pub fn is_discovery(method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && matches!(path.trim_end_matches('/'), "/api" | "/apis")
+        && headers.get_all(header::ACCEPT).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|a| a.contains("g=apidiscovery.k8s.io"))
+        })
+}
+
+/// Our own failure `Status` (a 5xx), rewritten for a discovery request as `502
+/// text/plain` with the same message, as `kubectl proxy` answers (500 text/plain, its
+/// `responder.Error`).
+///
+/// Why: the discovery client reads the body with `Result.Raw()`, which never decodes a
+/// `Status`; the error is client-go's `newUnstructuredResponseError`
+/// (k8s.io/client-go/rest/request.go), which keeps the body's text only when the
+/// content type is `text/*`, and `NewGenericServerResponse` then drops even that for a
+/// 503 ("the server is currently unable to handle the request") and a 504. For a 502 it
+/// keeps it: kubectl prints `an error on the server ("<our message>") has prevented the
+/// request from succeeding`. Typed clients never send this Accept, and keep the Status.
+/// API server answers pass through untouched: only a body the proxy made is rewritten.
+pub fn for_discovery(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    let ours = resp.status().is_server_error()
+        && resp.headers().get(header::CONTENT_TYPE)
+            == Some(&HeaderValue::from_static("application/json"))
+        && matches!(resp.body(), ProxyBody::Full(_));
+    if !ours {
+        return resp;
+    }
+    let (_, body) = resp.into_parts();
+    let bytes = match body {
+        ProxyBody::Full(Some(bytes)) => bytes,
+        _ => Bytes::new(),
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_default();
+    let mut text = Response::new(ProxyBody::from(Bytes::from(format!("{message}\n"))));
+    *text.status_mut() = StatusCode::BAD_GATEWAY;
+    let h = text.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    text
+}
+
 pub(crate) fn html_escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
@@ -154,17 +217,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn discovery_requests_are_kubectls_aggregated_discovery() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT,
+            HeaderValue::from_static(
+                "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList,\
+                 application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList,\
+                 application/json",
+            ),
+        );
+        assert!(is_discovery(&Method::GET, "/api", &h));
+        assert!(is_discovery(&Method::GET, "/apis/", &h));
+        assert!(!is_discovery(&Method::GET, "/api/v1", &h));
+        assert!(!is_discovery(&Method::POST, "/apis", &h));
+        let typed = HeaderMap::new();
+        assert!(!is_discovery(&Method::GET, "/api", &typed));
+    }
+
+    #[test]
     fn status_is_kubernetes_shaped_json() {
         let b = body(
             StatusCode::BAD_GATEWAY,
-            Reason::ServiceUnavailable,
+            Reason::InternalError,
             "error trying to reach \"x\"\n\u{1}",
         );
         assert_eq!(
             b,
             "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
              \"message\":\"error trying to reach \\\"x\\\"\\n\\u0001\",\
-             \"reason\":\"ServiceUnavailable\",\"code\":502}\n"
+             \"reason\":\"InternalError\",\"code\":502}\n"
         );
     }
 }

@@ -100,7 +100,7 @@ pub async fn forward(
         }
         code => status::response(
             StatusCode::BAD_GATEWAY,
-            Reason::ServiceUnavailable,
+            Reason::InternalError,
             &format!(
                 "invalid upgrade response from the API server at {}: status code {}",
                 proxy.upstream.origin(),

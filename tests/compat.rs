@@ -15,7 +15,8 @@
 //! `COMPAT_REPORT=1 cargo test --test compat -- --nocapture` prints both outcomes of
 //! every case.
 //!
-//! The whole suite skips, saying why, when `kubectl` is not on PATH.
+//! The whole suite skips, saying why, when `kubectl` is not on PATH (and fails instead
+//! when `CI` is set, so that CI never counts a skip as a pass).
 
 mod support;
 
@@ -42,7 +43,9 @@ pub const DIFFERENCES: &[(&str, &str)] = &[
         "status-json",
         "The proxy's own failures (API server unreachable, TLS refused, an upgrade answered \
          with neither 101 nor an error) are a Kubernetes `Status` JSON with 502, 503 or 504, \
-         not `500 text/plain`.",
+         not `500 text/plain`; kubectl's discovery requests (`GET /api`, `/apis`), whose \
+         client reads no `Status`, get the same message as `502 text/plain`, so kubectl \
+         shows it.",
     ),
     (
         "token-rotation",
@@ -858,6 +861,91 @@ async fn watch_events_are_streamed_at_once_by_both() {
         o_fastest < Duration::from_millis(100),
         "ours: fastest event took {o_fastest:?}"
     );
+}
+
+/// `kubectl get pods` with a cold discovery cache and the API server down, through
+/// `kubectl proxy` and through us: kubectl's discovery client drops a JSON `Status` and
+/// keeps only a `text/plain` body's words (and not even those for a 503), so both
+/// proxies answer discovery with a plain-text 5xx, and kubectl shows the cause through
+/// both. A typed client asking for the same path gets our `Status` (502, InternalError).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_api_server_down_kubectl_shows_the_cause_through_both() {
+    let Some(kubectl) = harness::kubectl() else {
+        return;
+    };
+    let world = World::new();
+    // A port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_url = format!("https://{}", dead.local_addr().unwrap());
+    drop(dead);
+    let pki = Pki::new();
+    let ca = world.file("ca.crt", &pki.ca_pem());
+    let kubeconfig = world.kubeconfig(&dead_url, &ca, TOKEN);
+    let home = world.base().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let kc = format!("--kubeconfig={}", kubeconfig.display());
+    let home_str = home.display().to_string();
+    let k_args = ["--port=0".to_owned()];
+    let o_args = [kc.as_str(), "--port=0"];
+    let o_env = [("HOME", home_str.as_str())];
+    let (k, ours) = tokio::join!(
+        Kubectl::start(&kubectl, &kubeconfig, &home, &k_args),
+        Proxy::start(&o_args, &o_env),
+    );
+    let Addr::Tcp(k_addr) = k.addr else {
+        unreachable!()
+    };
+    let get_pods = |server: String, cache: &str| {
+        let mut cmd = std::process::Command::new(&kubectl);
+        cmd.arg(format!("--server=http://{server}"))
+            .arg(format!(
+                "--cache-dir={}",
+                world.base().join(cache).display()
+            ))
+            .args(["--request-timeout=20s", "get", "pods"])
+            .env("KUBECONFIG", world.file("empty-kubeconfig", ""))
+            .env("HOME", &home)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT");
+        async move {
+            let out = support::within(
+                "kubectl get pods",
+                tokio::task::spawn_blocking(move || cmd.output().expect("run kubectl")),
+            )
+            .await
+            .expect("kubectl thread");
+            assert!(!out.status.success());
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            stderr.lines().last().unwrap_or("").to_owned()
+        }
+    };
+    let through_kubectl = get_pods(k_addr.to_string(), "cache-k").await;
+    let through_ours = get_pods(ours.socket_addr().to_string(), "cache-o").await;
+    let port = dead_url.rsplit(':').next().unwrap();
+    assert_eq!(
+        through_kubectl,
+        format!(
+            "Error from server (InternalError): an error on the server (\"dial tcp \
+             127.0.0.1:{port}: connect: connection refused\") has prevented the request from \
+             succeeding"
+        )
+    );
+    assert_eq!(
+        through_ours,
+        format!(
+            "Error from server (InternalError): an error on the server (\"error trying to \
+             reach the API server at {dead_url}: connection refused\") has prevented the \
+             request from succeeding"
+        )
+    );
+    if std::env::var_os("COMPAT_REPORT").is_some() {
+        eprintln!("kubectl proxy: {through_kubectl}\nkube-ambassador: {through_ours}");
+    }
+
+    // A typed client (no discovery Accept) keeps the Status, with a reason for its code.
+    let resp = support::client::get(&ours.url("/api")).await;
+    let message = support::status_message(&resp, 503, "ServiceUnavailable");
+    assert!(message.contains("connection refused"), "{message}");
 }
 
 /// All groups, for the bookkeeping tests.

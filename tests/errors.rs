@@ -144,7 +144,7 @@ async fn an_api_server_that_answers_garbage_gets_a_502_status() {
     let proxy = Proxy::start(&[&server, "--port=0"], &[]).await;
 
     let resp = client::get(&proxy.url(PODS)).await;
-    let status = assert_status(&resp, 502, "ServiceUnavailable");
+    let status = assert_status(&resp, 502, "InternalError");
     let msg = message(&status);
     assert!(msg.contains(&format!("http://{addr}")), "{msg}");
     assert!(msg.contains("malformed"), "{msg}");

@@ -491,7 +491,7 @@ async fn insecure_skip_tls_verify_in_the_kubeconfig_or_as_a_flag_accepts_a_serve
     ));
     let proxy = start(&home, &[&kc_arg(&trusting_other)], &[]).await;
     let resp = client::get(&proxy.url("/echo/x")).await;
-    let message = status_message(&resp, 502, "ServiceUnavailable");
+    let message = status_message(&resp, 502, "InternalError");
     assert!(message.contains("TLS"), "{message}");
     assert!(api.requests().is_empty());
     drop(proxy);
@@ -559,7 +559,7 @@ async fn tls_server_name_verifies_the_certificate_against_that_name_instead_of_t
     let message = status_message(
         &client::get(&proxy.url("/echo/x")).await,
         502,
-        "ServiceUnavailable",
+        "InternalError",
     );
     assert!(message.contains("TLS"), "{message}");
     drop(proxy);

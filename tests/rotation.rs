@@ -203,3 +203,49 @@ async fn measure_token_pickup_delay() {
         stale + delays.len()
     );
 }
+
+/// The lines of the proxy's stderr that explain a 401 on its own credential.
+fn hints(proxy: &Proxy) -> Vec<String> {
+    proxy
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("refused the proxy's credential"))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_401_on_the_proxys_credential_is_explained_once_per_credential_never_with_the_token() {
+    let pki = Pki::new();
+    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&["accepted-token"])).await;
+    let stale = support::fake_jwt(1_000, 4_600);
+    let world = World::with_sa(&stale, &pki.ca_pem(), "default");
+    let mut proxy = Proxy::in_cluster(&world, &api, &[]).await;
+    for _ in 0..3 {
+        assert_eq!(client::get(&proxy.url(PODS)).await.status, 401);
+    }
+    let first = hints(&proxy);
+    assert_eq!(first.len(), 1, "{}", proxy.stderr());
+    let token_path = world.token_path().display().to_string();
+    assert!(
+        first[0].contains(&format!(
+            "(401 Unauthorized): file {token_path}; its JWT exp is Thu, 01 Jan 1970 01:16:40 GMT \
+             (expired "
+        )) && first[0].contains("the file has not changed since start-up"),
+        "{}",
+        first[0]
+    );
+
+    // A new credential that is refused too gets its own line, saying it rotated.
+    let next = support::fake_jwt(2_000, 5_600);
+    world.rotate(Some(&next), None);
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 401);
+    proxy.wait_stderr("renewed 1 time(s) since start-up").await;
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 401);
+    let all = hints(&proxy);
+    assert_eq!(all.len(), 2, "{}", proxy.stderr());
+    assert!(all[1].contains("01:33:20 GMT"), "{}", all[1]);
+    proxy.signal("INT");
+    proxy.wait().await;
+    support::assert_no_secrets(&proxy, &[&stale, &next]);
+}

@@ -286,6 +286,32 @@ pub struct Choice<'a> {
 }
 
 impl Loaded {
+    /// Why `select` found nothing with no names given: the files have no
+    /// `current-context`. Lists the contexts there are, to pass with --context.
+    pub fn no_current_context(&self) -> String {
+        let files = self
+            .files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        let names: Vec<&str> = self
+            .config
+            .contexts
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        if names.is_empty() {
+            format!("{files} has no current-context and no contexts")
+        } else {
+            format!(
+                "{files} has no current-context; pass --context=NAME (contexts: {})",
+                names.join(", ")
+            )
+        }
+    }
+
     /// Resolves the context. `Ok(None)` when nothing is selected at all (no current
     /// context and no names given): kubectl then falls back to in-cluster.
     pub fn select(&self, choice: Choice<'_>) -> Result<Option<Selected>, KubeconfigError> {

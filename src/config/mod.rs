@@ -8,7 +8,7 @@
 mod in_cluster;
 pub mod kubeconfig;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use http::uri::{Authority, Scheme};
 use rustls_pki_types::ServerName;
@@ -71,12 +71,18 @@ impl Upstream {
 /// Configuration that cannot work. Every message says what was looked for and how to fix it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// `looked`: one line per place looked at, in kubectl's order, saying what was missing.
     #[error(
-        "no API server to proxy to: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are \
-         not set (not running in a pod?) and no --server was given; run inside a pod or pass \
+        "no API server to proxy to. Looked for, in kubectl's order:\n{looked}\
+         Pass --kubeconfig=FILE (or --context=NAME), run inside a pod, or pass \
          --server=https://HOST:PORT"
     )]
-    NoServer,
+    NoServer { looked: String },
+    #[error(
+        "username/password or bearer token may be set, but not both (basic auth from \
+         {basic}, a token from {token})"
+    )]
+    BasicWithToken { basic: &'static str, token: String },
     #[error(
         "incomplete in-cluster environment: {missing} is not set while {present} is; both \
          KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are needed"
@@ -148,6 +154,8 @@ pub enum ConfigError {
 /// `--service-account-dir` asks for in-cluster mode explicitly: then only an explicit
 /// `--kubeconfig` is read, never `KUBECONFIG` or `~/.kube/config`.
 pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
+    // Why a kubeconfig that was read selects nothing, for the "no API server" message.
+    let mut unselected = None;
     if cli.kubeconfig.is_some() || cli.service_account_dir.is_none() {
         let home = if cli.service_account_dir.is_some() {
             None
@@ -168,6 +176,7 @@ pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
             if let Some(selected) = loaded.select(choice)? {
                 return from_kubeconfig(cli, selected);
             }
+            unselected = Some(loaded.no_current_context());
         }
     }
     // As kubectl: a context asked for by name must exist, even when no kubeconfig was
@@ -179,11 +188,92 @@ pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
         }
         .into());
     }
-    from_in_cluster(cli, env)
+    from_in_cluster(cli, env, unselected)
+}
+
+/// The "no API server" message's lines: every place kubectl's loading rules
+/// (client-go `clientcmd.ClientConfigLoadingRules`: `--kubeconfig`, else `$KUBECONFIG`,
+/// else `~/.kube/config`; then `rest.InClusterConfig`) look, and what was missing there.
+fn looked_for(cli: &Cli, env: &Environment, unselected: Option<String>, sa_dir: &Path) -> String {
+    let mut lines = Vec::new();
+    let mut unselected = unselected;
+    let mut no_context = |lines: &mut Vec<String>, label: &str, otherwise: String| {
+        let text = unselected.take().unwrap_or(otherwise);
+        lines.push(format!("{label}: {text}"));
+    };
+    let in_cluster_only = cli.service_account_dir.is_some();
+    match &cli.kubeconfig {
+        Some(path) => no_context(&mut lines, "--kubeconfig", format!("{}", path.display())),
+        None => lines.push("--kubeconfig: not given".to_owned()),
+    }
+    let skipped = |why: &str| format!("not read ({why})");
+    let kubeconfig_env = env.kubeconfig.as_deref().filter(|v| !v.is_empty());
+    if cli.kubeconfig.is_some() {
+        lines.push(format!("$KUBECONFIG: {}", skipped("--kubeconfig wins")));
+        lines.push(format!("~/.kube/config: {}", skipped("--kubeconfig wins")));
+    } else if in_cluster_only {
+        let why = "--service-account-dir asks for in-cluster mode";
+        lines.push(format!("$KUBECONFIG: {}", skipped(why)));
+        lines.push(format!("~/.kube/config: {}", skipped(why)));
+    } else {
+        match kubeconfig_env {
+            None => lines.push("$KUBECONFIG: not set".to_owned()),
+            Some(list) => {
+                let files: Vec<PathBuf> = std::env::split_paths(list)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .collect();
+                if files.iter().any(|p| p.exists()) {
+                    no_context(&mut lines, "$KUBECONFIG", String::new());
+                } else {
+                    let names: Vec<String> =
+                        files.iter().map(|p| p.display().to_string()).collect();
+                    lines.push(format!(
+                        "$KUBECONFIG: set to {}, but no such file exists",
+                        names.join(":")
+                    ));
+                }
+            }
+        }
+        if kubeconfig_env.is_some() {
+            lines.push(format!("~/.kube/config: {}", skipped("$KUBECONFIG is set")));
+        } else {
+            match &env.home {
+                None => lines.push("~/.kube/config: HOME is not set".to_owned()),
+                Some(home) => {
+                    let path = home.join(".kube").join("config");
+                    if path.exists() {
+                        no_context(&mut lines, "~/.kube/config", String::new());
+                    } else {
+                        lines.push(format!("~/.kube/config: {} does not exist", path.display()));
+                    }
+                }
+            }
+        }
+    }
+    lines.push(
+        "in-cluster: KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set (not \
+         running in a pod?)"
+            .to_owned(),
+    );
+    let token = sa_dir.join("token");
+    lines.push(format!(
+        "service account: {} {}",
+        token.display(),
+        if token.exists() {
+            "exists (but is used only in a pod, or with --service-account-dir)"
+        } else {
+            "does not exist"
+        }
+    ));
+    lines.iter().map(|l| format!("  {l}\n")).collect()
 }
 
 /// A pod's service account (or `--server` with flags only).
-fn from_in_cluster(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
+fn from_in_cluster(
+    cli: &Cli,
+    env: &Environment,
+    unselected: Option<String>,
+) -> Result<Upstream, ConfigError> {
     let in_cluster = env.in_cluster()?;
     let sa_dir = cli
         .service_account_dir
@@ -195,7 +285,11 @@ fn from_in_cluster(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError
     let url = match (&cli.server, &in_cluster) {
         (Some(server), _) => server.clone(),
         (None, Some(url)) => url.clone(),
-        (None, None) => return Err(ConfigError::NoServer),
+        (None, None) => {
+            return Err(ConfigError::NoServer {
+                looked: looked_for(cli, env, unselected, &sa_dir),
+            });
+        }
     };
     let ca = match (&cli.certificate_authority, cli.insecure_skip_tls_verify) {
         (Some(_), true) => return Err(ConfigError::CaWithInsecure),
@@ -204,7 +298,17 @@ fn from_in_cluster(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError
         (None, false) if use_sa => Some(CaSource::File(sa_dir.join("ca.crt"))),
         (None, false) => None,
     };
-    let token = if let Some(token) = &cli.token {
+    let token = if let Some(basic) = basic_flags(cli) {
+        if cli.token.is_some() {
+            return Err(ConfigError::BasicWithToken {
+                basic: "--username/--password",
+                token: "--token".to_owned(),
+            });
+        }
+        // The flags name the credential; the pod's own service account is only the
+        // default, so it is not a conflict.
+        basic
+    } else if let Some(token) = &cli.token {
         TokenSource::Static(token.clone(), "--token")
     } else if use_sa {
         let path = sa_dir.join("token");
@@ -283,7 +387,37 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
         None => kubeconfig_client_cert(&sel)?,
     };
     let user_name = sel.user_name.clone().unwrap_or_default();
-    let token = if let Some(token) = &cli.token {
+    // client-go merges --username/--password over the kubeconfig user's (clientcmd
+    // `getUserIdentificationPartialConfig`), and its transport refuses basic auth beside
+    // a bearer token ("username/password or bearer token may be set, but not both",
+    // client-go transport.New); so does the kubeconfig validation (`validateAuthInfo`).
+    let token = if cli.username.is_some() || cli.password.is_some() {
+        let token = if cli.token.is_some() {
+            Some("--token".to_owned())
+        } else if user.token_file.is_some() || user.token.is_some() {
+            Some(format!("kubeconfig user {user_name:?}"))
+        } else {
+            None
+        };
+        if let Some(token) = token {
+            return Err(ConfigError::BasicWithToken {
+                basic: "--username/--password",
+                token,
+            });
+        }
+        TokenSource::Basic {
+            username: cli
+                .username
+                .clone()
+                .or_else(|| user.username.clone())
+                .unwrap_or_default(),
+            password: cli
+                .password
+                .clone()
+                .or_else(|| user.password.clone())
+                .unwrap_or_else(|| Secret::new("")),
+        }
+    } else if let Some(token) = &cli.token {
         TokenSource::Static(token.clone(), "--token")
     } else if let Some(path) = &user.token_file {
         TokenSource::File(path.clone())
@@ -406,6 +540,15 @@ fn finish(cli: &Cli, p: Pieces) -> Result<Upstream, ConfigError> {
         proxy_url: p.proxy_url,
         disable_compression: p.disable_compression || cli.disable_compression,
         source: p.description,
+    })
+}
+
+/// `--username`/`--password` given on the command line, as basic auth. client-go's
+/// `HasBasicAuth` counts either one alone; a missing one is empty.
+fn basic_flags(cli: &Cli) -> Option<TokenSource> {
+    (cli.username.is_some() || cli.password.is_some()).then(|| TokenSource::Basic {
+        username: cli.username.clone().unwrap_or_default(),
+        password: cli.password.clone().unwrap_or_else(|| Secret::new("")),
     })
 }
 

@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use arc_swap::ArcSwapOption;
 use http::HeaderValue;
@@ -103,6 +103,11 @@ pub struct Credentials {
     /// file, or runs the plugin, once.
     refresh: Mutex<()>,
     exec: Option<ExecState>,
+    /// Counts the credentials held so far (1: the first one; each change adds one), so
+    /// that a 401 is explained once per credential, not once per request.
+    generation: AtomicU64,
+    /// The generation last explained after a 401 (0: none yet).
+    hinted: AtomicU64,
 }
 
 /// An exec plugin's cached result.
@@ -178,6 +183,8 @@ impl Credentials {
             current: ArcSwapOption::new(initial.map(Arc::new)),
             refresh: Mutex::new(()),
             exec,
+            generation: AtomicU64::new(1),
+            hinted: AtomicU64::new(0),
         }))
     }
 
@@ -224,6 +231,10 @@ impl Credentials {
             None => None,
         };
         self.current.store(header.map(Arc::new));
+        // The plugin's first credential is generation 1; each one after it is new.
+        if exec.loaded.load(Ordering::Acquire) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
         exec.expiry
             .store(out.expiry.unwrap_or(i64::MAX), Ordering::Release);
         exec.loaded.store(true, Ordering::Release);
@@ -280,6 +291,7 @@ impl Credentials {
                     return Reload::Unchanged;
                 }
                 self.current.store(Some(Arc::new(new)));
+                self.generation.fetch_add(1, Ordering::AcqRel);
                 tracing::info!(path = %path.display(), "token changed on disk; using the new one");
                 Reload::Changed
             }
@@ -314,6 +326,62 @@ impl Credentials {
         let _ = tokio::task::spawn_blocking(move || me.reload_blocking()).await;
         let current = self.header()?;
         (current != *sent).then_some(current)
+    }
+}
+
+impl Credentials {
+    /// Called when the API server answered 401 to a request that carried our credential
+    /// (after any retry with a renewed one). Logs, once per credential, what could help:
+    /// where it came from, a JWT's `exp` (only that claim is read; the token itself is
+    /// never logged) and whether it ever rotated.
+    pub fn unauthorized(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.hinted.swap(generation, Ordering::AcqRel) == generation {
+            return;
+        }
+        tracing::warn!(
+            "{}",
+            self.unauthorized_hint(generation, crate::metrics::unix_now())
+        );
+    }
+
+    fn unauthorized_hint(&self, generation: u64, now: i64) -> String {
+        let expiry = match self.token_times().expiry {
+            Some(exp) => {
+                let when =
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(exp.max(0) as u64);
+                let rel = if exp <= now {
+                    format!("expired {}s ago", now - exp)
+                } else {
+                    format!("expires in {}s", exp - now)
+                };
+                format!("; its JWT exp is {} ({rel})", httpdate::fmt_http_date(when))
+            }
+            None => String::new(),
+        };
+        let rotated = match &self.source {
+            TokenSource::File(_) | TokenSource::Exec(_) if generation > 1 => {
+                format!("; renewed {} time(s) since start-up", generation - 1)
+            }
+            TokenSource::File(_) => "; the file has not changed since start-up".to_owned(),
+            TokenSource::Exec(_) => String::new(),
+            TokenSource::Static(..) | TokenSource::Basic { .. } | TokenSource::None => {
+                "; it is never renewed".to_owned()
+            }
+        };
+        let fix = match &self.source {
+            TokenSource::File(_) => {
+                "is the service account's token projected and current, and does the API \
+                 server trust its issuer?"
+            }
+            TokenSource::Exec(_) => "does the exec plugin return a credential for this cluster?",
+            _ => "is it the credential for this cluster?",
+        };
+        format!(
+            "the API server refused the proxy's credential (401 Unauthorized): {}{expiry}\
+             {rotated}; {fix} (said once per credential)",
+            self.source.describe()
+        )
     }
 }
 
@@ -363,6 +431,34 @@ mod tests {
         let err = Credentials::load(TokenSource::Static(Secret::new("a\nb"), "--token"), None)
             .unwrap_err();
         assert!(!err.to_string().contains("a\nb"));
+    }
+
+    #[test]
+    fn the_401_hint_names_source_expiry_and_rotation_never_the_token() {
+        let dir = std::env::temp_dir().join(format!("ka-hint-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        // {"iat":1000,"exp":4600,"sub":"system:serviceaccount:d:x"}
+        let jwt = "eyJhbGciOiJSUzI1NiJ9.eyJpYXQiOjEwMDAsImV4cCI6NDYwMCwic3ViIjoic3lzdGVtOnNlcnZpY2VhY2NvdW50OmQ6eCJ9.c2ln";
+        std::fs::write(&path, jwt).unwrap();
+        let c = Credentials::load(TokenSource::File(path.clone()), None).unwrap();
+        let hint = c.unauthorized_hint(1, 4700);
+        assert_eq!(
+            hint,
+            format!(
+                "the API server refused the proxy's credential (401 Unauthorized): file {}; \
+                 its JWT exp is Thu, 01 Jan 1970 01:16:40 GMT (expired 100s ago); the file has \
+                 not changed since start-up; is the service account's token projected and \
+                 current, and does the API server trust its issuer? (said once per credential)",
+                path.display()
+            )
+        );
+        assert!(!hint.contains(jwt));
+        assert!(
+            c.unauthorized_hint(3, 4000)
+                .contains("(expires in 600s); renewed 2 time(s)")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

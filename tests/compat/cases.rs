@@ -1124,7 +1124,10 @@ pub fn prefix_groups() -> Vec<Group> {
 }
 
 /// `--www` (default `--www-prefix=/static/`): Go's file server under the prefix, never
-/// filtered.
+/// filtered. Files are streamed, never served from outside the directory; `Range` (one
+/// range: 206 with `Content-Range`; several: `multipart/byteranges`), `If-Range`,
+/// `If-Match`/`If-Unmodified-Since` (412), `If-None-Match`/`If-Modified-Since` (304) are
+/// answered as Go's `http.FileServer` answers them (the README's summary points here).
 pub fn www() -> Group {
     let list = vec![
         Case::same("a file", get("/static/hello.txt"), Want::Made(200)),

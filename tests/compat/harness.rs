@@ -18,19 +18,9 @@ use crate::support::{FakeApi, Seen, WAIT};
 /// API server's log. It is never part of a comparison.
 pub const TAG: &str = "x-compat-case";
 
-/// `kubectl` on PATH, or `None` after saying why the suite skips.
+/// `kubectl` on PATH, or `None` after saying why the suite skips (a failure under `CI`).
 pub fn kubectl() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|dir| dir.join("kubectl"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!(
-            "skipping the kubectl compatibility suite: kubectl is not installed (not found on PATH)"
-        );
-    }
-    found
+    crate::support::kubectl("the kubectl compatibility suite")
 }
 
 /// Where a proxy listens.

@@ -178,3 +178,25 @@ pub async fn in_cluster_setup(token: &str, extra_args: &[&str]) -> (FakeApi, Wor
     let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
     (api, world, proxy)
 }
+
+/// `kubectl` on PATH for the tests that run it; `None` after saying why such a test
+/// skips. Under `CI` (set to anything but `false`/`0`) a missing kubectl fails the test
+/// instead, so a CI summary can never count skipped kubectl tests as passed.
+#[allow(dead_code)]
+pub fn kubectl(what: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        let ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0");
+        assert!(
+            !ci,
+            "{what} needs kubectl, which is not installed (not found on PATH), and CI is set: \
+             install kubectl (see .ci/run) or unset CI to skip"
+        );
+        eprintln!("skipping {what}: kubectl is not installed (not found on PATH)");
+    }
+    found
+}
