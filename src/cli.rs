@@ -75,10 +75,17 @@ pub struct Cli {
     pub accept_paths: String,
 
     /// Regular expression for paths that the proxy should reject. Paths specified here
-    /// will be rejected even accepted by --accept-paths. The default is kubectl's plus the
-    /// node proxy's exec endpoints (`/api/v1/nodes/NAME/proxy/{run,exec,attach,
-    /// portForward,cri}`); a value given here replaces it whole.
-    #[arg(long, default_value = filter::DEFAULT_REJECT_PATHS, help_heading = PROXY)]
+    /// will be rejected even accepted by --accept-paths. The default is kubectl's
+    /// (`^/api/.*/pods/.*/exec,^/api/.*/pods/.*/attach`) plus the node proxy's exec
+    /// endpoints (`^/api/.*/nodes/.*/proxy/(run|exec|attach|portForward|cri)`); a value
+    /// given here replaces it whole.
+    // The default is spelled out above, not in clap's `[default: …]`, which cannot wrap.
+    #[arg(
+        long,
+        default_value = filter::DEFAULT_REJECT_PATHS,
+        hide_default_value = true,
+        help_heading = PROXY
+    )]
     pub reject_paths: String,
 
     /// Regular expression for HTTP methods that the proxy should reject (example

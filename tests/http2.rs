@@ -356,7 +356,7 @@ async fn large_responses_come_in_frames_of_up_to_64_kib() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     // The fake's /bytes?chunked yields 64 KiB pieces; with HTTP/2's default 16 KiB frame
     // limit each would arrive (and be written to the client) as four.
-    let (_api, _world, proxy) = setup(&[]).await;
+    let (_api, _world, proxy) = setup(&["--upstream-http2=true"]).await;
     let n = 200_000;
     let mut s = tokio::net::TcpStream::connect(proxy.socket_addr())
         .await
