@@ -1,0 +1,397 @@
+//! Watch resume through the real binary: a JSON watch whose upstream stream ends early
+//! (API server restarts, its own watch timeout) goes on as one stream for the client, from
+//! the last resourceVersion, with no event missed, repeated or unasked-for; a position the
+//! server has forgotten gets the 410 ERROR event and the end; `timeoutSeconds` still ends
+//! it; `kube` and `kubectl get -w` stay running; `--watch-resume=false` passes the end on.
+//!
+//! The fake API server keeps a numbered event history (see its module comment), so events
+//! sent while it is down arrive on the resumed stream: "no gap" is checked on them.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, WatchEvent, WatchParams};
+use kube::{Client, Config};
+use serde_json::Value;
+use support::client::{self, StreamResp};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
+use tokio::io::AsyncBufReadExt as _;
+
+const TOKEN: &str = "watch-resume-sa-token-5d1e";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+
+async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
+    let pki = Pki::new();
+    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
+    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
+    let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
+    (api, world, proxy)
+}
+
+/// Opens a watch through the proxy from the API server's current resourceVersion (as
+/// kubectl and client-go do after their list) and waits until it is held upstream.
+async fn watch_from_now(api: &FakeApi, proxy: &Proxy, extra_query: &str) -> (StreamResp, u64) {
+    let rv = api.resource_version();
+    let url = proxy.url(&format!("{PODS}?watch=1&resourceVersion={rv}{extra_query}"));
+    let watch = client::get_stream(&url, &[]).await;
+    assert_eq!(watch.status, 200, "watch {url}");
+    within("the watch to open upstream", api.wait_open_watches(1)).await;
+    (watch, rv)
+}
+
+/// Reads events until `n` non-BOOKMARK ones have arrived; returns them and the bookmarks.
+async fn read_events(watch: &mut StreamResp, n: usize) -> (Vec<Value>, Vec<Value>) {
+    let (mut events, mut bookmarks) = (Vec::new(), Vec::new());
+    while events.len() < n {
+        let ev = within("a watch event", watch.next_json())
+            .await
+            .unwrap_or_else(|| panic!("the watch ended ({:?}) after {events:?}", watch.error));
+        if ev["type"] == "BOOKMARK" {
+            bookmarks.push(ev);
+        } else {
+            events.push(ev);
+        }
+    }
+    (events, bookmarks)
+}
+
+fn rv_of(ev: &Value) -> u64 {
+    ev["object"]["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no resourceVersion in {ev}"))
+}
+
+/// Sends `n` MODIFIED events for pods `name-0`…; returns their resourceVersions.
+fn send_events(api: &FakeApi, name: &str, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let obj = api.send_watch_event("MODIFIED", &format!("{name}-{i}"));
+            obj["metadata"]["resourceVersion"]
+                .as_str()
+                .and_then(|s| s.parse().ok())
+                .expect("resourceVersion")
+        })
+        .collect()
+}
+
+/// Stops the fake API server (every connection closed) and starts it again, sending
+/// `during` events while it is down.
+async fn restart(api: &FakeApi, during: &str, n: usize) -> Vec<u64> {
+    api.stop().await;
+    let sent = send_events(api, during, n);
+    api.restart().await;
+    sent
+}
+
+/// The watch requests the API server received, in order.
+fn watch_requests(api: &FakeApi) -> Vec<String> {
+    api.requests()
+        .into_iter()
+        .filter(|s| s.path == PODS && s.query.as_deref().is_some_and(|q| q.contains("watch=1")))
+        .map(|s| s.query.unwrap_or_default())
+        .collect()
+}
+
+/// Two restarts, a GOAWAY and the server's own watch timeout: the client's one stream
+/// carries every event exactly once, in order, those sent while the server was down too.
+async fn survives_restarts_goaway_and_server_timeout(client_bookmarks: bool) {
+    let (api, _world, proxy) = setup(&[]).await;
+    let extra = if client_bookmarks {
+        "&allowWatchBookmarks=true"
+    } else {
+        ""
+    };
+    let (mut watch, start_rv) = watch_from_now(&api, &proxy, extra).await;
+    let mut sent = send_events(&api, "before", 3);
+    api.send_bookmark_in("default");
+    sent.extend(restart(&api, "down-1", 4).await);
+    // Each disruption meets a resumed watch (not one still backing off from the last).
+    within("the resumed watch upstream", api.wait_open_watches(1)).await;
+    sent.extend(send_events(&api, "after-1", 2));
+    // A GOAWAY lets the open watch go on; the next requests take a new connection.
+    api.goaway();
+    sent.extend(send_events(&api, "after-goaway", 2));
+    sent.extend(restart(&api, "down-2", 3).await);
+    within("the resumed watch upstream", api.wait_open_watches(1)).await;
+    api.send_bookmark_in("default");
+    // The server ending the watch (its own timeout; the client set none) is resumed too.
+    api.end_watches();
+    sent.extend(send_events(&api, "after-timeout", 2));
+    api.send_bookmark_in("default");
+    sent.extend(send_events(&api, "last", 1));
+
+    let (events, bookmarks) = read_events(&mut watch, sent.len()).await;
+    let got: Vec<u64> = events.iter().map(rv_of).collect();
+    assert_eq!(got, sent, "every event once, in order");
+    let expected: Vec<u64> = (start_rv + 1..=start_rv + sent.len() as u64).collect();
+    assert_eq!(got, expected, "consecutive resourceVersions: no gap");
+    if client_bookmarks {
+        // The one sent while the resumed watch was surely open reached it (the others may
+        // race a break).
+        assert!(!bookmarks.is_empty(), "no bookmark");
+    } else {
+        assert!(
+            bookmarks.is_empty(),
+            "bookmarks it never asked for: {bookmarks:?}"
+        );
+    }
+    // Every resume asked from a position the client had reached (how far it got before
+    // each break is a race), with bookmarks.
+    let requests = watch_requests(&api);
+    assert!(requests.len() >= 4, "{requests:#?}");
+    for q in &requests[1..] {
+        let rv: u64 = q
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("resourceVersion="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no resourceVersion in {q}"));
+        assert!(rv == start_rv || sent.contains(&rv), "{q}");
+        assert!(q.contains("allowWatchBookmarks=true"), "{q}");
+    }
+    assert_eq!(
+        requests[0].contains("allowWatchBookmarks"),
+        client_bookmarks,
+        "the first request is the client's: {}",
+        requests[0]
+    );
+    let stderr = proxy.stderr();
+    assert!(stderr.contains("watch resumed"), "{stderr}");
+    assert!(!stderr.contains(TOKEN), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_watch_survives_restarts_and_a_goaway_with_no_gap_and_no_duplicate() {
+    survives_restarts_goaway_and_server_timeout(false).await;
+}
+
+#[tokio::test]
+async fn a_watch_with_bookmarks_survives_restarts_and_gets_its_bookmarks() {
+    survives_restarts_goaway_and_server_timeout(true).await;
+}
+
+#[tokio::test]
+async fn a_client_that_asked_for_bookmarks_gets_them_one_that_did_not_never() {
+    let (api, _world, proxy) = setup(&[]).await;
+    let rv = api.resource_version();
+    let mut with = client::get_stream(
+        &proxy.url(&format!(
+            "{PODS}?watch=1&resourceVersion={rv}&allowWatchBookmarks=true"
+        )),
+        &[],
+    )
+    .await;
+    let mut without = client::get_stream(
+        &proxy.url(&format!("{PODS}?watch=1&resourceVersion={rv}")),
+        &[],
+    )
+    .await;
+    api.wait_open_watches(2).await;
+    restart(&api, "down", 1).await;
+    within("both watches resumed", api.wait_open_watches(2)).await;
+    // Both resumed requests asked for bookmarks: the fake sends this one to both streams.
+    let bookmark_rv = api.send_bookmark_in("default");
+    send_events(&api, "marker", 1);
+    let (events, bookmarks) = read_events(&mut with, 2).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(bookmarks.len(), 1, "{bookmarks:?}");
+    assert_eq!(rv_of(&bookmarks[0]), bookmark_rv);
+    let (events, bookmarks) = read_events(&mut without, 2).await;
+    assert_eq!(events.len(), 2);
+    assert!(bookmarks.is_empty(), "{bookmarks:?}");
+}
+
+#[tokio::test]
+async fn a_position_the_server_forgot_gets_the_410_error_event_and_the_end() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let flag = format!("--admin-address={admin}");
+    let (api, _world, proxy) = setup(&[&flag]).await;
+    let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
+    send_events(&api, "seen", 1);
+    read_events(&mut watch, 1).await;
+    api.stop().await;
+    send_events(&api, "lost", 2);
+    api.compact();
+    api.restart().await;
+    let ev = within("the ERROR event", watch.next_json())
+        .await
+        .expect("an event before the end");
+    assert_eq!(ev["type"], "ERROR", "{ev}");
+    assert_eq!(ev["object"]["kind"], "Status", "{ev}");
+    assert_eq!(ev["object"]["code"], 410, "{ev}");
+    assert_eq!(ev["object"]["reason"], "Expired", "{ev}");
+    assert!(within("the end", watch.next_chunk()).await.is_none());
+    assert_eq!(watch.error, None, "a clean end, as the API server's");
+    let metrics = client::get(&format!("http://{admin}/metrics")).await.text();
+    assert!(
+        metrics.contains(r#"kube_ambassador_watch_resumes_total{result="expired"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn timeout_seconds_ends_the_watch_at_its_time_across_a_restart() {
+    let (api, _world, proxy) = setup(&[]).await;
+    let started = tokio::time::Instant::now();
+    let (mut watch, _) = watch_from_now(&api, &proxy, "&timeoutSeconds=5").await;
+    restart(&api, "down", 1).await;
+    let (events, _) = read_events(&mut watch, 1).await;
+    assert_eq!(events.len(), 1);
+    // The resumed request asks the server for what is left, not for 5 s again.
+    let requests = watch_requests(&api);
+    let resumed = requests.last().expect("a resumed request");
+    let left: u64 = resumed
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeoutSeconds="))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no timeoutSeconds in {resumed}"));
+    assert!((1..=5).contains(&left), "{resumed}");
+    assert!(
+        within("the end at timeoutSeconds", watch.next_chunk())
+            .await
+            .is_none()
+    );
+    assert_eq!(watch.error, None);
+    // Measured from the client's request: never sooner (the proxy got it after `started`).
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(5), "ended after {took:?}");
+}
+
+#[tokio::test]
+async fn with_watch_resume_false_the_watch_ends_with_its_upstream() {
+    let (api, _world, proxy) = setup(&["--watch-resume=false"]).await;
+    let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
+    send_events(&api, "one", 1);
+    read_events(&mut watch, 1).await;
+    api.end_watches();
+    assert!(within("the end", watch.next_chunk()).await.is_none());
+    let requests = watch_requests(&api);
+    assert_eq!(requests.len(), 1, "{requests:#?}");
+    assert!(
+        !requests[0].contains("allowWatchBookmarks"),
+        "{}",
+        requests[0]
+    );
+}
+
+#[tokio::test]
+async fn the_kube_crates_watch_stays_open_across_a_restart() {
+    let (api, _world, proxy) = setup(&[]).await;
+    let url = format!("http://{}", proxy.socket_addr());
+    let client = Client::try_from(Config::new(url.parse().expect("proxy URL"))).expect("client");
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let rv = api.resource_version().to_string();
+    let mut stream = within(
+        "the watch to open",
+        pods.watch(&WatchParams::default(), &rv),
+    )
+    .await
+    .expect("watch")
+    .boxed();
+    api.wait_open_watches(1).await;
+    let before = send_events(&api, "before", 1);
+    let first = within("the first event", stream.next()).await;
+    assert!(
+        matches!(&first, Some(Ok(WatchEvent::Modified(p))) if p.metadata.resource_version == Some(before[0].to_string())),
+        "{first:?}"
+    );
+    let down = restart(&api, "down", 2).await;
+    let after = send_events(&api, "after", 1);
+    for want in [down[0], down[1], after[0]] {
+        match within("an event after the restart", stream.next()).await {
+            Some(Ok(WatchEvent::Modified(pod))) => {
+                assert_eq!(pod.metadata.resource_version, Some(want.to_string()));
+            }
+            other => panic!("expected MODIFIED at {want}, got {other:?}"),
+        }
+    }
+}
+
+/// kubectl on PATH, or `None` after saying why the test skips.
+fn kubectl() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("kubectl"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        println!("skipping: kubectl is not installed (not found on PATH)");
+    }
+    found
+}
+
+#[tokio::test]
+async fn kubectl_get_w_keeps_printing_across_a_restart() {
+    let Some(kubectl) = kubectl() else { return };
+    let (api, world, proxy) = setup(&[]).await;
+    let kubeconfig = world.file("empty-kubeconfig", "");
+    let home = world.base().join("home");
+    std::fs::create_dir_all(&home).expect("scratch home");
+    let mut child = tokio::process::Command::new(kubectl)
+        .arg(format!("--server=http://{}", proxy.socket_addr()))
+        .args([
+            "get",
+            "pods",
+            "-w",
+            "--no-headers",
+            "-o",
+            "custom-columns=NAME:.metadata.name",
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", &home)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run kubectl");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut printed = Vec::new();
+    // The list first, then the watch's events.
+    for _ in 0..3 {
+        printed.push(next_line(&mut lines).await);
+    }
+    assert_eq!(printed, ["pod-0", "pod-1", "pod-2"]);
+    within("kubectl's watch to open", api.wait_open_watches(1)).await;
+    api.send_watch_event("ADDED", "before-restart");
+    assert_eq!(next_line(&mut lines).await, "before-restart");
+    restart(&api, "while-down", 1).await;
+    api.send_watch_event("ADDED", "after-restart");
+    assert_eq!(next_line(&mut lines).await, "while-down-0");
+    assert_eq!(next_line(&mut lines).await, "after-restart");
+    assert!(
+        child.try_wait().expect("kubectl status").is_none(),
+        "kubectl exited"
+    );
+}
+
+async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    within("a line from kubectl get -w", lines.next_line())
+        .await
+        .expect("kubectl's stdout")
+        .expect("kubectl exited")
+}
+
+/// A port that was free a moment ago (as in tests/admin.rs: `--admin-address` cannot be
+/// read back, so the test picks one below the ephemeral range).
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (low, span) = (40_000u16, 5_000u16);
+    let seed = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let port = low + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port");
+}
