@@ -11,8 +11,9 @@
 //! of the resumed stream's first one. Parsing stops at the event's resourceVersion (the
 //! first ~200 bytes of a typed object).
 
+mod scan;
+
 use std::collections::VecDeque;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -23,20 +24,17 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use tokio::time::{Instant, Sleep};
 
 use crate::body::{BoxError, ProxyBody};
 use crate::metrics::ResumeResult;
 use crate::proxy::Proxy;
+pub use scan::Scanner;
 
 /// The upstream response body a watch reads: the one place to change when the upstream
 /// client's body type changes.
 pub type UpstreamBody = Incoming;
 
-/// An event line longer than this is passed on as it comes and the watch is no longer
-/// resumed (a Kubernetes object is at most ~1.5 MiB in etcd; 16 MiB leaves room).
-const MAX_LINE: usize = 16 << 20;
 /// Resume attempts after one break before giving up.
 const MAX_ATTEMPTS: u32 = 8;
 /// How long a watch may go without upstream before giving up (when the client set no
@@ -259,11 +257,7 @@ pub struct Resuming {
 
 impl Resuming {
     pub fn new(proxy: Arc<Proxy>, plan: Plan, body: UpstreamBody) -> Resuming {
-        let scan = Scanner {
-            sound: plan.start_rv.is_some(),
-            rv: plan.start_rv.clone().unwrap_or_default(),
-            ..Scanner::default()
-        };
+        let scan = Scanner::new(plan.start_rv.as_deref());
         Resuming {
             proxy,
             plan: Box::new(plan),
@@ -529,363 +523,10 @@ impl Body for Resuming {
     }
 }
 
-/// The kinds of watch event the scanner tells apart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Bookmark,
-    Error,
-    /// ADDED, MODIFIED, DELETED (or a type we do not know).
-    Change,
-}
-
-/// Splits the stream into event lines and tracks the position.
-#[derive(Default)]
-pub struct Scanner {
-    /// The current event's bytes, when it began in an earlier chunk.
-    partial: BytesMut,
-    /// The last resourceVersion seen (valid when `sound`).
-    rv: String,
-    /// `rv` is a position the stream can be resumed from.
-    sound: bool,
-    /// An ERROR event passed: the API server ends the stream after it, and so do we.
-    terminal: bool,
-    /// An event too long to hold: everything passes through and the watch is not resumed.
-    opaque: bool,
-    /// Events completed on the current upstream stream.
-    stream_lines: u64,
-    first_is_error: bool,
-}
-
-impl Scanner {
-    fn resumable(&self) -> bool {
-        self.sound && !self.terminal && !self.opaque
-    }
-
-    fn new_stream(&mut self) {
-        self.stream_lines = 0;
-        self.first_is_error = false;
-    }
-
-    /// Takes one upstream chunk; what the client gets goes to `out` (whole events, as
-    /// slices of `data` where they are whole in it). `swallow`: drop BOOKMARK events.
-    pub fn feed(&mut self, mut data: Bytes, swallow: bool, out: &mut VecDeque<Bytes>) {
-        if self.opaque {
-            out.push_back(data);
-            return;
-        }
-        if !self.partial.is_empty() {
-            let Some(i) = memchr::memchr(b'\n', &data) else {
-                self.hold(&data, out);
-                return;
-            };
-            self.partial.extend_from_slice(&data[..=i]);
-            let line = self.partial.split().freeze();
-            if self.line(&line, swallow) {
-                out.push_back(line);
-            }
-            let _ = data.split_to(i + 1);
-        }
-        // Runs of kept events go out as one slice; a swallowed one splits the run.
-        let (mut start, mut run) = (0, 0);
-        while let Some(i) = memchr::memchr(b'\n', &data[start..]) {
-            let end = start + i + 1;
-            if !self.line(&data[start..end], swallow) {
-                if run < start {
-                    out.push_back(data.slice(run..start));
-                }
-                run = end;
-            }
-            start = end;
-        }
-        if run < start {
-            out.push_back(data.slice(run..start));
-        }
-        if start < data.len() {
-            self.hold(&data[start..], out);
-        }
-    }
-
-    /// Keeps the start of an event until its newline arrives, or gives up on it.
-    fn hold(&mut self, bytes: &[u8], out: &mut VecDeque<Bytes>) {
-        if self.partial.len() + bytes.len() > MAX_LINE {
-            tracing::warn!(
-                "a watch event is longer than {MAX_LINE} bytes: passed on as it comes, and the watch will not be resumed"
-            );
-            self.opaque = true;
-            if !self.partial.is_empty() {
-                out.push_back(self.partial.split().freeze());
-            }
-            out.push_back(Bytes::copy_from_slice(bytes));
-            return;
-        }
-        self.partial.extend_from_slice(bytes);
-    }
-
-    /// One complete event line; returns whether the client gets it.
-    fn line(&mut self, line: &[u8], swallow: bool) -> bool {
-        let (kind, rv) = parse_event(line);
-        if self.stream_lines == 0 {
-            self.first_is_error = kind == Some(Kind::Error);
-        }
-        self.stream_lines += 1;
-        match (kind, rv) {
-            (Some(Kind::Error), _) => {
-                self.terminal = true;
-                true
-            }
-            (Some(Kind::Bookmark), rv) => {
-                if let Some(rv) = rv {
-                    self.set_rv(rv);
-                    self.sound = true;
-                }
-                !swallow
-            }
-            (_, Some(rv)) if self.sound => {
-                self.set_rv(rv);
-                true
-            }
-            (_, None) => {
-                // An event we cannot place: resuming from the previous position could
-                // send it twice, so wait for the next one we can.
-                self.sound = false;
-                true
-            }
-            _ => true,
-        }
-    }
-
-    fn set_rv(&mut self, rv: &str) {
-        self.rv.clear();
-        self.rv.push_str(rv);
-    }
-}
-
-/// The `type` and `object.metadata.resourceVersion` of one watch event line, reading only
-/// as far as needed (Go writes `type` first and, for typed objects, `metadata` before the
-/// rest with `resourceVersion` early in it; unstructured objects have sorted keys, so
-/// `metadata` comes before `spec` and `status`).
-fn parse_event(line: &[u8]) -> (Option<Kind>, Option<&str>) {
-    let mut found = Found::default();
-    let mut de = serde_json::Deserializer::from_slice(line);
-    // An early stop is an error by design; what was found is kept either way.
-    let _ = de::Deserializer::deserialize_map(&mut de, EventVisitor(&mut found));
-    (found.kind, found.rv)
-}
-
-#[derive(Default)]
-struct Found<'de> {
-    kind: Option<Kind>,
-    rv: Option<&'de str>,
-}
-
-impl Found<'_> {
-    fn done(&self) -> bool {
-        matches!(self.kind, Some(Kind::Error)) || (self.kind.is_some() && self.rv.is_some())
-    }
-}
-
-/// The error that stops parsing once everything needed is known.
-fn stop<E: de::Error>() -> E {
-    E::custom("")
-}
-
-struct EventVisitor<'f, 'de>(&'f mut Found<'de>);
-
-impl<'de> Visitor<'de> for EventVisitor<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a watch event")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<&'de str>()? {
-            match key {
-                "type" => {
-                    self.0.kind = Some(match map.next_value::<&'de str>()? {
-                        "BOOKMARK" => Kind::Bookmark,
-                        "ERROR" => Kind::Error,
-                        _ => Kind::Change,
-                    });
-                }
-                "object" => map.next_value_seed(Object(&mut *self.0))?,
-                _ => map.next_value::<IgnoredAny>().map(|_| ())?,
-            }
-            if self.0.done() {
-                return Err(stop());
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `object`, then its `metadata`: both read the same way, one level apart.
-struct Object<'f, 'de>(&'f mut Found<'de>);
-struct Metadata<'f, 'de>(&'f mut Found<'de>);
-
-impl<'de> DeserializeSeed<'de> for Object<'_, 'de> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Object<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<&'de str>()? {
-            if key == "metadata" {
-                map.next_value_seed(Metadata(&mut *self.0))?;
-                if self.0.done() {
-                    return Err(stop());
-                }
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl<'de> DeserializeSeed<'de> for Metadata<'_, 'de> {
-    type Value = ();
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Metadata<'_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("object metadata")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<&'de str>()? {
-            if key == "resourceVersion" {
-                self.0.rv = Some(map.next_value::<&'de str>()?);
-                if self.0.done() {
-                    return Err(stop());
-                }
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http::HeaderValue;
-
-    const POD: &str = r#"{"type":"MODIFIED","object":{"kind":"Pod","apiVersion":"v1","metadata":{"name":"p","namespace":"d","uid":"u","resourceVersion":"1234","creationTimestamp":"2026-01-01T00:00:00Z"},"spec":{"containers":[]}}}"#;
-
-    #[test]
-    fn parses_type_and_resource_version_and_stops_early() {
-        assert_eq!(
-            parse_event(format!("{POD}\n").as_bytes()),
-            (Some(Kind::Change), Some("1234"))
-        );
-        // Stops at the resourceVersion: what follows may even be cut off.
-        let cut = &POD[..POD.find("creationTimestamp").unwrap()];
-        assert_eq!(
-            parse_event(cut.as_bytes()),
-            (Some(Kind::Change), Some("1234"))
-        );
-        let bookmark = br#"{"type":"BOOKMARK","object":{"kind":"Pod","apiVersion":"v1","metadata":{"resourceVersion":"77","annotations":{"k8s.io/initial-events-end":"true"}}}}"#;
-        assert_eq!(parse_event(bookmark), (Some(Kind::Bookmark), Some("77")));
-        let error = br#"{"type":"ERROR","object":{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","code":410}}"#;
-        assert_eq!(parse_event(error).0, Some(Kind::Error));
-        // Object before type (not Go's order) still works; nested resourceVersions do not count.
-        let swapped = br#"{"object":{"kind":"Event","involvedObject":{"resourceVersion":"1"},"metadata":{"resourceVersion":"9"}},"type":"ADDED"}"#;
-        assert_eq!(parse_event(swapped), (Some(Kind::Change), Some("9")));
-        assert_eq!(parse_event(b"not json").0, None);
-    }
-
-    fn collect(out: &mut VecDeque<Bytes>) -> Vec<u8> {
-        out.drain(..).flat_map(|b| b.to_vec()).collect()
-    }
-
-    fn event(kind: &str, rv: u32) -> String {
-        format!(
-            r#"{{"type":"{kind}","object":{{"kind":"Pod","metadata":{{"name":"p{rv}","resourceVersion":"{rv}"}}}}}}"#
-        ) + "\n"
-    }
-
-    #[test]
-    fn whole_events_pass_as_the_same_bytes_and_split_ones_wait_for_their_newline() {
-        let mut s = Scanner {
-            sound: true,
-            ..Scanner::default()
-        };
-        let mut out = VecDeque::new();
-        let two = Bytes::from(event("ADDED", 5) + &event("MODIFIED", 6));
-        s.feed(two.clone(), false, &mut out);
-        assert_eq!(out.len(), 1, "two whole events go out as one slice");
-        assert_eq!(out[0].as_ptr(), two.as_ptr(), "no copy");
-        assert_eq!(s.rv, "6");
-        out.clear();
-        let third = event("DELETED", 7);
-        let (a, b) = third.split_at(20);
-        s.feed(Bytes::from(a.to_owned()), false, &mut out);
-        assert!(out.is_empty(), "half an event is held");
-        s.feed(Bytes::from(b.to_owned()), false, &mut out);
-        assert_eq!(collect(&mut out), third.as_bytes());
-        assert_eq!(s.rv, "7");
-        assert!(s.resumable());
-    }
-
-    #[test]
-    fn bookmarks_are_swallowed_only_when_asked_and_still_move_the_position() {
-        let mut s = Scanner::default();
-        let mut out = VecDeque::new();
-        // Initial events give no position; the bookmark does.
-        let chunk = event("ADDED", 50) + &event("BOOKMARK", 60) + &event("ADDED", 61);
-        s.feed(Bytes::from(chunk.clone()), true, &mut out);
-        assert_eq!(
-            collect(&mut out),
-            (event("ADDED", 50) + &event("ADDED", 61)).as_bytes()
-        );
-        assert!(s.resumable());
-        assert_eq!(s.rv, "61");
-        s.feed(Bytes::from(event("BOOKMARK", 62)), false, &mut out);
-        assert_eq!(collect(&mut out), event("BOOKMARK", 62).as_bytes());
-        assert_eq!(s.rv, "62");
-    }
-
-    #[test]
-    fn an_error_event_or_an_unplaceable_one_stops_resuming() {
-        let mut s = Scanner {
-            sound: true,
-            ..Scanner::default()
-        };
-        let mut out = VecDeque::new();
-        s.feed(
-            Bytes::from_static(b"{\"type\":\"ADDED\",\"object\":{}}\n"),
-            false,
-            &mut out,
-        );
-        assert!(!s.resumable());
-        s.feed(Bytes::from(event("BOOKMARK", 3)), false, &mut out);
-        assert!(s.resumable());
-        s.feed(
-            Bytes::from_static(
-                b"{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410}}\n",
-            ),
-            false,
-            &mut out,
-        );
-        assert!(!s.resumable());
-        assert_eq!(out.len(), 3, "all of them reach the client");
-    }
 
     #[test]
     fn resume_query_keeps_the_clients_parameters_and_sets_ours() {

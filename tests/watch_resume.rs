@@ -313,6 +313,124 @@ async fn the_kube_crates_watch_stays_open_across_a_restart() {
     }
 }
 
+/// A TCP relay in front of the fake API server that can freeze the connections it
+/// carries: sockets stay open, nothing moves (a black-holed connection). Connections made
+/// after a freeze are not frozen.
+struct Relay {
+    port: u16,
+    freezes: tokio::sync::watch::Sender<u64>,
+    _accept: client::AbortOnDrop,
+}
+
+impl Relay {
+    async fn start(to: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay bind");
+        let port = listener.local_addr().expect("relay addr").port();
+        let freezes = tokio::sync::watch::Sender::new(0u64);
+        let tx = freezes.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((down, _)) = listener.accept().await {
+                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
+                    continue;
+                };
+                let epoch = *tx.borrow();
+                let (dr, dw) = down.into_split();
+                let (ur, uw) = up.into_split();
+                tokio::spawn(pump(dr, uw, tx.subscribe(), epoch));
+                tokio::spawn(pump(ur, dw, tx.subscribe(), epoch));
+            }
+        });
+        Relay {
+            port,
+            freezes,
+            _accept: client::AbortOnDrop(accept),
+        }
+    }
+
+    /// Freezes every connection open now.
+    fn freeze(&self) {
+        self.freezes.send_modify(|g| *g += 1);
+    }
+}
+
+/// Copies one direction until the connection ends or is frozen (then holds it for ever).
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut freezes: tokio::sync::watch::Receiver<u64>,
+    epoch: u64,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        // The freeze is checked first: nothing read after it is passed on.
+        tokio::select! {
+            biased;
+            () = async { drop(freezes.wait_for(|g| *g > epoch).await) } => break,
+            n = from.read(&mut buf) => {
+                let n = match n {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    // Frozen: keep both halves open, move nothing.
+    std::future::pending::<()>().await;
+    drop((from, to));
+}
+
+/// A dead upstream connection (frozen: no FIN, no RST) is found by the HTTP/2 pool's ping
+/// (today 30 s without a frame, then 15 s for the answer: client-go's figures) and the
+/// watch resumes on a new connection with the events sent meanwhile.
+#[tokio::test]
+async fn a_watch_on_a_frozen_connection_is_resumed_after_the_health_check() {
+    let pki = Pki::new();
+    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
+    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
+    let relay = Relay::start(api.port()).await;
+    let sa = format!("--service-account-dir={}", world.sa_dir().display());
+    let port = relay.port.to_string();
+    let proxy = Proxy::start(
+        &[&sa, "--port=0"],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+        ],
+    )
+    .await;
+    let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
+    let before = send_events(&api, "before", 1);
+    let (events, _) = read_events(&mut watch, 1).await;
+    assert_eq!(rv_of(&events[0]), before[0]);
+    relay.freeze();
+    let frozen = send_events(&api, "frozen", 2);
+    // Bounded by the ping's 45 s (and a margin for a loaded machine), not `within`'s 30 s.
+    let got = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut got = Vec::new();
+        while got.len() < frozen.len() {
+            match watch.next_json().await {
+                Some(ev) => got.push(rv_of(&ev)),
+                None => panic!("the watch ended ({:?})", watch.error),
+            }
+        }
+        got
+    })
+    .await
+    .expect("the watch resumed within 120 s");
+    assert_eq!(got, frozen);
+    assert_eq!(
+        api.open_watches(),
+        2,
+        "the frozen watch is still held upstream"
+    );
+}
+
 /// kubectl on PATH, or `None` after saying why the test skips.
 fn kubectl() -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|path| {
