@@ -101,8 +101,8 @@ fn watch_requests(api: &FakeApi) -> Vec<String> {
 
 /// Two restarts, a GOAWAY and the server's own watch timeout: the client's one stream
 /// carries every event exactly once, in order, those sent while the server was down too.
-async fn survives_restarts_goaway_and_server_timeout(client_bookmarks: bool) {
-    let (api, _world, proxy) = setup(&[]).await;
+async fn survives_restarts_goaway_and_server_timeout(client_bookmarks: bool, args: &[&str]) {
+    let (api, _world, proxy) = setup(args).await;
     let extra = if client_bookmarks {
         "&allowWatchBookmarks=true"
     } else {
@@ -168,12 +168,17 @@ async fn survives_restarts_goaway_and_server_timeout(client_bookmarks: bool) {
 
 #[tokio::test]
 async fn a_watch_survives_restarts_and_a_goaway_with_no_gap_and_no_duplicate() {
-    survives_restarts_goaway_and_server_timeout(false).await;
+    survives_restarts_goaway_and_server_timeout(false, &[]).await;
+}
+
+#[tokio::test]
+async fn a_watch_over_http1_upstream_survives_restarts_too() {
+    survives_restarts_goaway_and_server_timeout(false, &["--upstream-http2=false"]).await;
 }
 
 #[tokio::test]
 async fn a_watch_with_bookmarks_survives_restarts_and_gets_its_bookmarks() {
-    survives_restarts_goaway_and_server_timeout(true).await;
+    survives_restarts_goaway_and_server_timeout(true, &[]).await;
 }
 
 #[tokio::test]
@@ -311,6 +316,75 @@ async fn the_kube_crates_watch_stays_open_across_a_restart() {
             other => panic!("expected MODIFIED at {want}, got {other:?}"),
         }
     }
+}
+
+/// Soak (run by hand): `SOAK_CYCLES=N cargo test --test watch_resume soak -- --ignored
+/// --nocapture`. A reader takes events as they come while the API server is restarted,
+/// has its connections cut, or ends its watches, in turn, with events sent all along;
+/// prints the events expected and received, missed and duplicated. `SOAK_HTTP1=1`: over
+/// HTTP/1.1 upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a soak, run by hand"]
+async fn soak_events_expected_and_received_across_disruptions() {
+    let cycles: usize = std::env::var("SOAK_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    const PER_CYCLE: usize = 40;
+    // SOAK_HTTP1=1: over HTTP/1.1 to the API server.
+    let http1 = std::env::var_os("SOAK_HTTP1").is_some();
+    let (api, _world, proxy) = setup(if http1 {
+        &["--upstream-http2=false"]
+    } else {
+        &[]
+    })
+    .await;
+    let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
+    let expected_n = cycles * PER_CYCLE;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::with_capacity(expected_n);
+        while got.len() < expected_n {
+            match tokio::time::timeout(Duration::from_secs(60), watch.next_json()).await {
+                Ok(Some(ev)) => got.push(rv_of(&ev)),
+                Ok(None) => panic!(
+                    "the watch ended after {} events: {:?}",
+                    got.len(),
+                    watch.error
+                ),
+                Err(_) => panic!("no event for 60 s after {} events", got.len()),
+            }
+        }
+        got
+    });
+    let started = std::time::Instant::now();
+    let mut sent = Vec::with_capacity(expected_n);
+    for c in 0..cycles {
+        sent.extend(send_events(&api, &format!("c{c}-a"), PER_CYCLE / 4));
+        match c % 3 {
+            0 => sent.extend(restart(&api, &format!("c{c}-down"), PER_CYCLE / 4).await),
+            1 => {
+                api.close_connections();
+                sent.extend(send_events(&api, &format!("c{c}-cut"), PER_CYCLE / 4));
+            }
+            _ => {
+                api.end_watches();
+                sent.extend(send_events(&api, &format!("c{c}-end"), PER_CYCLE / 4));
+            }
+        }
+        within("the resumed watch upstream", api.wait_open_watches(1)).await;
+        sent.extend(send_events(&api, &format!("c{c}-b"), PER_CYCLE / 2));
+    }
+    let got = within("every event", reader).await.expect("reader");
+    let mut seen = std::collections::HashSet::new();
+    let duplicated = got.iter().filter(|rv| !seen.insert(**rv)).count();
+    let missed = sent.iter().filter(|rv| !seen.contains(rv)).count();
+    println!(
+        "soak: {cycles} disruptions in {:?}: {} events expected, {} received, {missed} missed, {duplicated} duplicated",
+        started.elapsed(),
+        sent.len(),
+        got.len()
+    );
+    assert_eq!(got, sent);
 }
 
 /// A TCP relay in front of the fake API server that can freeze the connections it
