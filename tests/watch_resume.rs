@@ -26,9 +26,20 @@ use tokio::io::AsyncBufReadExt as _;
 const TOKEN: &str = "watch-resume-sa-token-5d1e";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
+/// The fake API server on a port of its own below the ephemeral range: between its
+/// restarts, a `bind(:0)` of a test running alongside could take a port from that range.
+async fn start_api(pki: &Pki) -> FakeApi {
+    FakeApi::start(
+        FakeApiOptions::new(pki.clone())
+            .tokens(&[TOKEN])
+            .port(free_port()),
+    )
+    .await
+}
+
 async fn setup(extra_args: &[&str]) -> (FakeApi, World, Proxy) {
     let pki = Pki::new();
-    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
+    let api = start_api(&pki).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let proxy = Proxy::in_cluster(&world, &api, extra_args).await;
     (api, world, proxy)
@@ -465,7 +476,7 @@ async fn pump(
 #[tokio::test]
 async fn a_watch_on_a_frozen_connection_is_resumed_after_the_health_check() {
     let pki = Pki::new();
-    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
+    let api = start_api(&pki).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let relay = Relay::start(api.port()).await;
     let sa = format!("--service-account-dir={}", world.sa_dir().display());
@@ -573,11 +584,17 @@ async fn next_line(
         .expect("kubectl exited")
 }
 
-/// A port that was free a moment ago (as in tests/admin.rs: `--admin-address` cannot be
-/// read back, so the test picks one below the ephemeral range).
+/// A port that was free a moment ago, below the kernel's ephemeral range so that no
+/// `bind(:0)` or outgoing connection of a test running alongside can take it meanwhile
+/// (as in tests/admin.rs; `--admin-address` cannot be read back either).
 fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let (low, span) = (40_000u16, 5_000u16);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    // Another stretch than tests/admin.rs's start, should both binaries run at once.
+    let (low, span) = (26_000u16, ephemeral_low.saturating_sub(26_000).max(1));
     let seed = (std::process::id() % u32::from(span)) as u16;
     for _ in 0..span {
         let port = low + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
