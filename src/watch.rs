@@ -45,6 +45,8 @@ const MAX_OUTAGE: Duration = Duration::from_secs(60);
 /// request, so it starts lower).
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// A stream that lasted this long counts as healthy even without an event.
+const HEALTHY: Duration = Duration::from_secs(10);
 /// A 410's Status body is read up to this size.
 const MAX_STATUS_BODY: usize = 64 * 1024;
 
@@ -251,6 +253,8 @@ pub struct Resuming {
     attempts: u32,
     /// When the upstream went away (the current outage).
     broke_at: Option<Instant>,
+    /// When the current upstream stream started.
+    since: Instant,
     /// The current stream is a resumed one that has not delivered an event yet.
     fresh: bool,
 }
@@ -267,6 +271,7 @@ impl Resuming {
             deadline: None,
             attempts: 0,
             broke_at: None,
+            since: Instant::now(),
             fresh: false,
         }
     }
@@ -282,6 +287,12 @@ impl Resuming {
             // A resumed stream that broke again before any event still resumed.
             self.fresh = false;
             self.proxy.metrics.watch_resume(ResumeResult::Resumed);
+        }
+        // A stream that carried an event or lasted a while was healthy: a new outage.
+        // One that a server ends at once, again and again, exhausts the attempts instead
+        // of being re-watched for ever.
+        if self.scan.stream_lines > 0 || now.saturating_duration_since(self.since) >= HEALTHY {
+            self.attempts = 0;
         }
         // A clean end at the client's own deadline is the server honouring timeoutSeconds.
         let timed_out = err.is_none()
@@ -397,7 +408,7 @@ impl Resuming {
                     resource_version = %self.scan.rv,
                     "watch resumed"
                 );
-                self.attempts = 0;
+                self.since = now;
                 self.fresh = true;
                 self.scan.new_stream();
                 self.plan.added_bookmarks = !self.plan.client_bookmarks;
