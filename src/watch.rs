@@ -351,7 +351,9 @@ impl Resuming {
     }
 
     /// Sends the re-watch: same path, the client's query with our position, current
-    /// credentials, through the proxy's own send (request timeout, error mapping).
+    /// credentials, through the proxy's own send (request timeout, error mapping). The
+    /// filter's decision on the original request stands: it judges method, path and host,
+    /// and none of them changes.
     fn attempt(&self) -> Pin<Box<dyn Future<Output = Attempt> + Send>> {
         let proxy = self.proxy.clone();
         let query = self.plan.resume_query(&self.scan.rv, Instant::now());

@@ -223,6 +223,65 @@ async fn a_client_that_asked_for_bookmarks_gets_them_one_that_did_not_never() {
     assert!(bookmarks.is_empty(), "{bookmarks:?}");
 }
 
+/// A client that goes away while its watch waits to resume ends it at once: the watch
+/// gauge (held by the response body, which owns the resume loop) drops to 0 while the
+/// API server is still down.
+#[tokio::test]
+async fn a_client_that_goes_away_during_a_resume_ends_it() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let flag = format!("--admin-address={admin}");
+    let (api, _world, proxy) = setup(&[&flag]).await;
+    let (watch, _) = watch_from_now(&api, &proxy, "").await;
+    let active = || async {
+        let m = client::get(&format!("http://{admin}/metrics")).await.text();
+        m.lines()
+            .find_map(|l| l.strip_prefix("kube_ambassador_active_watches "))
+            .map(|v| v.trim().to_owned())
+    };
+    assert_eq!(active().await.as_deref(), Some("1"));
+    api.stop().await;
+    drop(watch);
+    within("the watch to end in the proxy", async {
+        while active().await.as_deref() != Some("0") {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_resumed_watch_carries_the_current_token() {
+    let (api, world, proxy) = setup(&[]).await;
+    let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
+    const NEW: &str = "watch-resume-rotated-token-77c1";
+    api.set_tokens(&[TOKEN, NEW]);
+    world.rotate(Some(NEW), None);
+    // Once a plain request carries the new token, the proxy has it.
+    within("a request with the new token", async {
+        loop {
+            client::get(&proxy.url("/version")).await;
+            let seen = api.requests();
+            if seen.iter().any(|s| s.token.as_deref() == Some(NEW)) {
+                break;
+            }
+        }
+    })
+    .await;
+    api.stop().await;
+    let sent = send_events(&api, "down", 1);
+    api.set_tokens(&[NEW]);
+    api.restart().await;
+    let (events, _) = read_events(&mut watch, 1).await;
+    assert_eq!(rv_of(&events[0]), sent[0]);
+    let resumed = api
+        .requests()
+        .into_iter()
+        .rfind(|s| s.path == PODS && s.query.as_deref().is_some_and(|q| q.contains("watch=1")))
+        .expect("the resumed watch");
+    assert_eq!(resumed.token.as_deref(), Some(NEW));
+    assert!(!proxy.stderr().contains(NEW), "the token reached the logs");
+}
+
 #[tokio::test]
 async fn a_position_the_server_forgot_gets_the_410_error_event_and_the_end() {
     let admin = format!("127.0.0.1:{}", free_port());
