@@ -355,6 +355,28 @@ async fn with_watch_resume_false_the_watch_ends_with_its_upstream() {
     );
 }
 
+/// A client that asks for protobuf is not resumed (the proxy reads JSON only): its
+/// stream passes through and ends with its upstream, as without the proxy.
+#[tokio::test]
+async fn a_watch_that_accepts_protobuf_passes_through() {
+    let (api, _world, proxy) = setup(&[]).await;
+    let rv = api.resource_version();
+    let url = proxy.url(&format!("{PODS}?watch=1&resourceVersion={rv}"));
+    let mut watch = client::get_stream(
+        &url,
+        &[(
+            "accept",
+            "application/vnd.kubernetes.protobuf;stream=watch, application/json",
+        )],
+    )
+    .await;
+    assert_eq!(watch.status, 200);
+    api.wait_open_watches(1).await;
+    api.end_watches();
+    assert!(within("the end", watch.next_chunk()).await.is_none());
+    assert_eq!(watch_requests(&api).len(), 1);
+}
+
 #[tokio::test]
 async fn the_kube_crates_watch_stays_open_across_a_restart() {
     let (api, _world, proxy) = setup(&[]).await;
