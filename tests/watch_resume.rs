@@ -113,7 +113,11 @@ fn watch_requests(api: &FakeApi) -> Vec<String> {
 /// Two restarts, a GOAWAY and the server's own watch timeout: the client's one stream
 /// carries every event exactly once, in order, those sent while the server was down too.
 async fn survives_restarts_goaway_and_server_timeout(client_bookmarks: bool, args: &[&str]) {
-    let (api, _world, proxy) = setup(args).await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let flag = format!("--admin-address={admin}");
+    let mut all = vec![flag.as_str()];
+    all.extend_from_slice(args);
+    let (api, _world, proxy) = setup(&all).await;
     let extra = if client_bookmarks {
         "&allowWatchBookmarks=true"
     } else {
@@ -174,6 +178,27 @@ async fn survives_restarts_goaway_and_server_timeout(client_bookmarks: bool, arg
     );
     let stderr = proxy.stderr();
     assert!(stderr.contains("watch resumed"), "{stderr}");
+    // One count per resume, and a gap measured for each.
+    let metrics = client::get(&format!("http://{admin}/metrics")).await.text();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+    };
+    let resumes = (requests.len() - 1) as f64;
+    assert_eq!(
+        value(r#"kube_ambassador_watch_resumes_total{result="resumed"}"#),
+        resumes
+    );
+    assert_eq!(
+        value("kube_ambassador_watch_resume_gap_seconds_count"),
+        resumes
+    );
+    assert_eq!(
+        value(r#"kube_ambassador_watch_resumes_total{result="gave_up"}"#),
+        0.0
+    );
     assert!(!stderr.contains(TOKEN), "{stderr}");
 }
 

@@ -456,9 +456,22 @@ impl FakeApi {
 
     async fn listen(&self) {
         let port = self.state.port.load(Ordering::Relaxed);
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap_or_else(|e| panic!("fake API: bind 127.0.0.1:{port}: {e}"));
+        // After a stop, the port is free for anyone on the machine: a test's bind(:0)
+        // or another test process may hold it for a while. A restart waits for it.
+        let listener = within(&format!("port {port} to be free again"), async {
+            loop {
+                match TcpListener::bind(("127.0.0.1", port)).await {
+                    Err(e) if port != 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => {
+                        return other
+                            .unwrap_or_else(|e| panic!("fake API: bind 127.0.0.1:{port}: {e}"));
+                    }
+                }
+            }
+        })
+        .await;
         self.state
             .port
             .store(listener.local_addr().unwrap().port(), Ordering::Relaxed);
