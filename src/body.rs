@@ -36,12 +36,48 @@ pub enum ProxyBody {
 /// A response stream with extras: it may end at shutdown (a watch), count as an active
 /// watch, and write an access-log line when it is done.
 pub struct Tracked {
-    pub inner: UpstreamBody,
+    pub inner: Inner,
     /// When this resolves the stream ends cleanly, so a watch client sees a normal end
     /// and re-establishes the watch elsewhere.
     pub stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     pub watch: Option<GaugeGuard>,
     pub log: Option<AccessLog>,
+}
+
+/// The upstream stream a [`Tracked`] body reads: passed through, or a JSON watch that is
+/// resumed when its upstream ends early (`watch.rs`).
+pub enum Inner {
+    Upstream(UpstreamBody),
+    Resuming(Box<crate::watch::Resuming>),
+}
+
+impl Body for Inner {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
+            Inner::Resuming(b) => Pin::new(b.as_mut()).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Inner::Upstream(b) => b.is_end_stream(),
+            Inner::Resuming(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Inner::Upstream(b) => b.size_hint(),
+            Inner::Resuming(b) => b.size_hint(),
+        }
+    }
 }
 
 /// One access-log line, written when the response body is finished or dropped.

@@ -253,6 +253,21 @@ pub struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = OURS)]
     pub upstream_ping_timeout: Duration,
 
+    /// Resume a JSON watch whose upstream stream ends early (API server restart, GOAWAY,
+    /// dead connection, the server's own watch timeout): re-watch from the last
+    /// resourceVersion seen and keep writing to the same response, so the client sees one
+    /// stream. `--watch-resume=false`: the stream ends with its upstream, as in kubectl.
+    #[arg(
+        long,
+        env = "KUBE_AMBASSADOR_WATCH_RESUME",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        help_heading = OURS
+    )]
+    pub watch_resume: bool,
+
     /// After SIGTERM, keep serving this long before stopping (the app container gets its
     /// SIGTERM at the same moment and may still call the API). SIGINT skips it.
     #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = OURS)]

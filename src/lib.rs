@@ -27,6 +27,7 @@ pub mod status;
 pub mod tls;
 pub mod upgrade;
 pub mod upstream;
+pub mod watch;
 pub mod www;
 
 use std::io::Write as _;
@@ -203,6 +204,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         metrics,
         access_log: cli.access_log,
         request_timeout: cli.request_timeout,
+        watch_resume: cli.watch_resume,
     }));
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {

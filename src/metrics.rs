@@ -58,6 +58,34 @@ impl UpstreamErrorKind {
     }
 }
 
+/// How a watch's attempt to resume ended (`watch.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResumeResult {
+    Resumed,
+    /// 410: the position is too old; the client got the ERROR event and relists.
+    Expired,
+    GaveUp,
+}
+
+impl ResumeResult {
+    const ALL: [ResumeResult; 3] = [
+        ResumeResult::Resumed,
+        ResumeResult::Expired,
+        ResumeResult::GaveUp,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            ResumeResult::Resumed => "resumed",
+            ResumeResult::Expired => "expired",
+            ResumeResult::GaveUp => "gave_up",
+        }
+    }
+}
+
+/// Upper bounds of the watch-gap histogram, in seconds.
+const GAP_BUCKETS: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
 /// All metrics of one process.
 #[derive(Debug)]
 pub struct Metrics {
@@ -84,6 +112,12 @@ pub struct Metrics {
     last_failure_seq: AtomicU64,
     /// Milliseconds since `started` of the last answer from the API server.
     last_answer_ms: AtomicU64,
+    /// Watch resumes by [`ResumeResult`], and the time each resumed watch was without
+    /// upstream (per-bucket counts, as `duration_buckets`).
+    watch_resumes: [AtomicU64; 3],
+    watch_gap_buckets: [AtomicU64; GAP_BUCKETS.len() + 1],
+    watch_gap_count: AtomicU64,
+    watch_gap_sum_micros: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -109,6 +143,10 @@ impl Default for Metrics {
             last_answer_seq: AtomicU64::new(0),
             last_failure_seq: AtomicU64::new(0),
             last_answer_ms: AtomicU64::new(0),
+            watch_resumes: Default::default(),
+            watch_gap_buckets: Default::default(),
+            watch_gap_count: AtomicU64::new(0),
+            watch_gap_sum_micros: AtomicU64::new(0),
         }
     }
 }
@@ -172,6 +210,24 @@ impl Metrics {
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
         self.last_answer_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// A watch's attempt to resume ended so.
+    pub fn watch_resume(&self, result: ResumeResult) {
+        self.watch_resumes[result as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A resumed watch was this long without upstream.
+    pub fn watch_gap(&self, gap: Duration) {
+        let secs = gap.as_secs_f64();
+        let bucket = GAP_BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(GAP_BUCKETS.len());
+        self.watch_gap_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.watch_gap_count.fetch_add(1, Ordering::Relaxed);
+        self.watch_gap_sum_micros
+            .fetch_add(gap.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Time since the API server last answered, if it ever did and has not failed since.
@@ -343,6 +399,42 @@ impl Collector for Metrics {
                 labels.iter().map(|(l, v)| (&l[..], *v)).collect();
             counter(&mut encoder, name, help, &series)?;
         }
+
+        let resumes: Vec<([(&str, &str); 1], u64)> = ResumeResult::ALL
+            .iter()
+            .map(|r| {
+                (
+                    [("result", r.as_str())],
+                    load(&self.watch_resumes[*r as usize]),
+                )
+            })
+            .collect();
+        let resumes: Vec<(&[(&str, &str)], u64)> =
+            resumes.iter().map(|(l, v)| (&l[..], *v)).collect();
+        counter(
+            &mut encoder,
+            "kube_ambassador_watch_resumes",
+            "Watches whose upstream stream ended early, by outcome: resumed, expired (410, the client relists), gave_up.",
+            &resumes,
+        )?;
+        let buckets: Vec<(f64, u64)> = GAP_BUCKETS
+            .iter()
+            .chain(std::iter::once(&f64::INFINITY))
+            .zip(&self.watch_gap_buckets)
+            .map(|(b, c)| (*b, load(c)))
+            .collect();
+        let mut hist = encoder.encode_descriptor(
+            "kube_ambassador_watch_resume_gap_seconds",
+            "Time a resumed watch was without upstream: from the break to the new stream's headers.",
+            None,
+            MetricType::Histogram,
+        )?;
+        hist.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            load(&self.watch_gap_sum_micros) as f64 / 1e6,
+            load(&self.watch_gap_count),
+            &buckets,
+            None,
+        )?;
 
         gauge(
             &mut encoder,

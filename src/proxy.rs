@@ -13,7 +13,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
+use crate::body::{AccessLog, Inner, ProxyBody, Tracked, UpstreamBody};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::filter::Filter;
@@ -48,6 +48,7 @@ pub struct Proxy {
     append_server_path: bool,
     access_log: bool,
     request_timeout: Duration,
+    pub(crate) watch_resume: bool,
     disable_compression: bool,
     /// `Impersonate-*` headers from `--as`, `--as-group`, `--as-uid`.
     impersonate: Vec<(HeaderName, HeaderValue)>,
@@ -99,6 +100,8 @@ pub struct Parts {
     pub append_server_path: bool,
     pub access_log: bool,
     pub request_timeout: Duration,
+    /// `--watch-resume`: JSON watches survive the end of their upstream stream.
+    pub watch_resume: bool,
 }
 
 impl Proxy {
@@ -130,6 +133,7 @@ impl Proxy {
             append_server_path: p.append_server_path,
             access_log: p.access_log,
             request_timeout: p.request_timeout,
+            watch_resume: p.watch_resume,
             disable_compression,
             impersonate,
             host,
@@ -174,7 +178,7 @@ impl Proxy {
                         unreachable!("matched above")
                     };
                     *body = ProxyBody::Tracked(Box::new(Tracked {
-                        inner,
+                        inner: Inner::Upstream(inner),
                         stop: None,
                         watch: None,
                         log: Some(log),
@@ -191,7 +195,7 @@ impl Proxy {
         Ok(resp)
     }
 
-    async fn serve(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+    async fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
         if let Some(refused) = host_error(&req) {
             return refused;
         }
@@ -274,13 +278,16 @@ impl Proxy {
             }
         };
         let long_lived = is_watch(&decoded, uri.query());
+        let resume = long_lived
+            && self.watch_resume
+            && crate::watch::is_watch_request(&decoded, uri.query());
         if headers::is_upgrade(req.headers()) {
             // Boxed, like the static-file branch: rare paths whose state would
             // otherwise enlarge every request's future.
             return Box::pin(upgrade::forward(self, req, target, peer)).await;
         }
         let discovery = status::is_discovery(req.method(), &decoded, req.headers());
-        let resp = self.forward(req, target, peer, long_lived).await;
+        let resp = self.forward(req, target, peer, long_lived, resume).await;
         if discovery {
             return status::for_discovery(resp);
         }
@@ -368,7 +375,7 @@ impl Proxy {
 
     /// Sends to the API server within `--request-timeout` (time to response headers);
     /// `Err` is the Status response to give instead.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         req: Request<ProxyBody>,
         replay: Option<&HeaderMap>,
@@ -460,12 +467,14 @@ impl Proxy {
     }
 
     async fn forward(
-        &self,
+        self: &Arc<Self>,
         req: Request<Incoming>,
-        target: Uri,
+        mut target: Uri,
         peer: Peer,
         long_lived: bool,
+        resume: bool,
     ) -> Response<ProxyBody> {
+        let arrived = tokio::time::Instant::now();
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         let auth = match self.credential_for(&headers).await {
@@ -481,6 +490,13 @@ impl Proxy {
         let replay = (body.is_end_stream() && (renewable || idempotent(&parts.method)))
             .then(|| headers.clone());
         let method = parts.method;
+        // `--watch-resume`: what a re-watch needs; the first request may ask for bookmarks.
+        let mut plan = resume
+            .then(|| crate::watch::Plan::new(&target, &headers, sent.is_some(), arrived))
+            .flatten();
+        if let Some(first) = plan.as_mut().and_then(crate::watch::Plan::first_target) {
+            target = first;
+        }
         let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
         let sent_at = Instant::now();
         let mut resp = match self.send(upstream_req, replay.as_ref(), long_lived).await {
@@ -511,8 +527,18 @@ impl Proxy {
         parts.version = Version::default();
         parts.extensions.insert(UpstreamTime(sent_at.elapsed()));
         let body = if long_lived {
+            let inner = match plan {
+                Some(plan) if crate::watch::resumable_response(parts.status, &parts.headers) => {
+                    Inner::Resuming(Box::new(crate::watch::Resuming::new(
+                        self.clone(),
+                        plan,
+                        body,
+                    )))
+                }
+                _ => Inner::Upstream(body),
+            };
             ProxyBody::Tracked(Box::new(Tracked {
-                inner: body,
+                inner,
                 stop: Some(self.shutdown.watches_end()),
                 watch: Some(self.metrics.open(Open::Watch)),
                 log: None,
@@ -636,7 +662,12 @@ fn bad_request(body: &'static str) -> Response<ProxyBody> {
     resp
 }
 
-fn build(method: &Method, target: &Uri, headers: HeaderMap, body: ProxyBody) -> Request<ProxyBody> {
+pub(crate) fn build(
+    method: &Method,
+    target: &Uri,
+    headers: HeaderMap,
+    body: ProxyBody,
+) -> Request<ProxyBody> {
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = target.clone();

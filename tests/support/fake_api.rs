@@ -10,7 +10,17 @@
 //! Watch semantics chosen here: a watch without `resourceVersion` (or with `"0"`) first gets a
 //! synthetic `ADDED` event per existing pod, like the real server; with any other
 //! `resourceVersion` it gets only events sent after it opened. `timeoutSeconds` ends the
-//! stream; `allowWatchBookmarks` is accepted and ignored (bookmarks are only sent on demand).
+//! stream; `allowWatchBookmarks` is accepted (bookmarks are only sent on demand: a BOOKMARK
+//! from `send_watch_event` goes to every watch, one from [`FakeApi::send_bookmark_in`] only
+//! to those that asked).
+//!
+//! Resumable history (watch-resume tests): every ADDED/MODIFIED/DELETED event is numbered
+//! (its resourceVersion) and kept, up to [`HISTORY_WINDOW`] events. A watch from
+//! `resourceVersion=R` first replays the kept events after R of its namespace (and name
+//! filter), then gets new ones, as a real watch cache does. An R older than what was
+//! forgotten ([`FakeApi::compact`], or the window) gets HTTP 200 with one `ERROR` event
+//! carrying a 410 `Expired` Status, then the end. An R from before the fake's own start
+//! (tests pass `1`) means "from now", as it always did here.
 //!
 //! Framing, as Go's `net/http` HTTP/2 server (every real API server) does it, since a fake
 //! that frames like our own stack hides the bugs that meet Go
@@ -61,6 +71,9 @@ type RespBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// The namespace pods live in unless a test says otherwise.
 pub const DEFAULT_NAMESPACE: &str = "default";
+/// Events the resumable watch history keeps; older ones are forgotten (410 to a watch from
+/// before them).
+pub const HISTORY_WINDOW: usize = 10_000;
 /// Chunk size of `/bytes`.
 pub const BYTES_CHUNK: usize = 64 * 1024;
 
@@ -230,6 +243,8 @@ enum WatchMsg {
     /// An event in the namespace the receiving watch is on: `State::watchers` routes it
     /// only to that namespace's watches and to the all-namespaces ones.
     Event { name: String, line: Bytes },
+    /// A BOOKMARK for the watches that asked for them (`allowWatchBookmarks=true`).
+    Bookmark(Bytes),
     /// Ends every open watch stream cleanly (the server's side of a watch timeout).
     End,
 }
@@ -238,6 +253,59 @@ struct PodStore {
     rv: u64,
     next_uid: u64,
     pods: BTreeMap<(String, String), Value>,
+    history: History,
+}
+
+/// The numbered events a watch can resume from (see the module comment).
+#[derive(Default)]
+struct History {
+    events: VecDeque<Recorded>,
+    /// The resourceVersion at start: a watch from before it starts from now.
+    start_rv: u64,
+    /// Events up to this resourceVersion are forgotten (`start_rv` until some are).
+    forgotten: u64,
+}
+
+struct Recorded {
+    ns: String,
+    name: String,
+    rv: u64,
+    line: Bytes,
+}
+
+impl History {
+    fn record(&mut self, ns: &str, name: &str, rv: u64, line: &Bytes) {
+        if self.events.len() == HISTORY_WINDOW {
+            if let Some(old) = self.events.pop_front() {
+                self.forgotten = old.rv;
+            }
+        }
+        self.events.push_back(Recorded {
+            ns: ns.to_owned(),
+            name: name.to_owned(),
+            rv,
+            line: line.clone(),
+        });
+    }
+
+    /// What a watch from `rv` gets first: the kept events after it, or `Err` (too old).
+    fn replay(
+        &self,
+        rv: u64,
+        ns: Option<&str>,
+        name: Option<&str>,
+    ) -> Result<VecDeque<Bytes>, u64> {
+        if rv < self.forgotten && self.forgotten > self.start_rv {
+            return Err(self.forgotten);
+        }
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| rv >= self.start_rv && e.rv > rv)
+            .filter(|e| ns.is_none_or(|n| n == e.ns) && name.is_none_or(|n| n == e.name))
+            .map(|e| e.line.clone())
+            .collect())
+    }
 }
 
 impl PodStore {
@@ -366,6 +434,7 @@ impl FakeApi {
             rv: 1000,
             next_uid: 0,
             pods: BTreeMap::new(),
+            history: History::default(),
         };
         for i in 0..opts.pods {
             let name = format!("pod-{i}");
@@ -373,6 +442,8 @@ impl FakeApi {
             let pod = store.new_pod(DEFAULT_NAMESPACE, &name);
             store.pods.insert((DEFAULT_NAMESPACE.into(), name), pod);
         }
+        store.history.start_rv = store.rv;
+        store.history.forgotten = store.rv;
         let state = Arc::new(State {
             port: AtomicU16::new(opts.port),
             require_client_cert: opts.require_client_cert,
@@ -411,9 +482,22 @@ impl FakeApi {
 
     async fn listen(&self) {
         let port = self.state.port.load(Ordering::Relaxed);
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap_or_else(|e| panic!("fake API: bind 127.0.0.1:{port}: {e}"));
+        // After a stop, the port is free for anyone on the machine: a test's bind(:0)
+        // or another test process may hold it for a while. A restart waits for it.
+        let listener = within(&format!("port {port} to be free again"), async {
+            loop {
+                match TcpListener::bind(("127.0.0.1", port)).await {
+                    Err(e) if port != 0 && e.kind() == std::io::ErrorKind::AddrInUse => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => {
+                        return other
+                            .unwrap_or_else(|e| panic!("fake API: bind 127.0.0.1:{port}: {e}"));
+                    }
+                }
+            }
+        })
+        .await;
         self.state
             .port
             .store(listener.local_addr().unwrap().port(), Ordering::Relaxed);
@@ -626,6 +710,39 @@ impl FakeApi {
         }
     }
 
+    // --- Resumable watch history (watch-resume tests) ---
+
+    /// Sends a BOOKMARK with the current resourceVersion to the watches on `ns` (and on
+    /// all namespaces) that asked for bookmarks; returns that resourceVersion.
+    pub fn send_bookmark_in(&self, ns: &str) -> u64 {
+        let store = self.state.store.lock().unwrap();
+        let rv = store.rv;
+        let line = watch_line(
+            "BOOKMARK",
+            &json!({"kind": "Pod", "apiVersion": "v1", "metadata": {"resourceVersion": rv.to_string()}}),
+        );
+        let mut watchers = self.state.watchers.lock().unwrap();
+        for key in watch_keys(ns) {
+            if let Some(list) = watchers.get_mut(&key) {
+                list.retain(|tx| tx.send(WatchMsg::Bookmark(line.clone())).is_ok());
+            }
+        }
+        rv
+    }
+
+    /// The current resourceVersion (that of the last event).
+    pub fn resource_version(&self) -> u64 {
+        self.state.store.lock().unwrap().rv
+    }
+
+    /// Forgets every event so far, as etcd's compaction does: a watch from an older
+    /// resourceVersion gets the 410 `ERROR` event.
+    pub fn compact(&self) {
+        let mut store = self.state.store.lock().unwrap();
+        store.history.forgotten = store.rv;
+        store.history.events.clear();
+    }
+
     /// Names of the pods in `ns`, sorted.
     pub fn pod_names(&self, ns: &str) -> Vec<String> {
         let store = self.state.store.lock().unwrap();
@@ -712,6 +829,10 @@ fn apply_event(state: &State, ns: &str, event_type: &str, name: &str) -> Value {
         other => panic!("unknown watch event type {other}"),
     };
     let line = watch_line(event_type, &object);
+    if matches!(event_type, "ADDED" | "MODIFIED" | "DELETED") {
+        let rv = store.rv;
+        store.history.record(ns, name, rv, &line);
+    }
     // Sent under the store lock so a watch starting concurrently either sees the pod in
     // its initial snapshot or receives this event, never neither nor both.
     let msg = WatchMsg::Event {
@@ -1366,13 +1487,23 @@ fn list_or_watch(state: &Arc<State>, ns: Option<&str>, q: &Query) -> Response<Re
         }
         let initial: VecDeque<Bytes> = match q.get("resourceVersion") {
             None | Some("" | "0") => items.iter().map(|p| watch_line("ADDED", p)).collect(),
-            Some(_) => VecDeque::new(),
+            Some(rv) => match rv.parse::<u64>() {
+                Ok(rv) => match store.history.replay(rv, ns, name.as_deref()) {
+                    Ok(events) => events,
+                    Err(forgotten) => {
+                        drop(store);
+                        return too_old(rv, forgotten);
+                    }
+                },
+                Err(_) => VecDeque::new(),
+            },
         };
         drop(store);
         let timeout = q.get("timeoutSeconds").and_then(|s| s.parse::<u64>().ok());
         let ws = WatchStream {
             rx,
             initial,
+            bookmarks: matches!(q.get("allowWatchBookmarks"), Some("true" | "1")),
             deadline: timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s)),
             name,
             _guard: gauge_inc(state, |s| &s.watches),
@@ -1409,6 +1540,8 @@ fn list_or_watch(state: &Arc<State>, ns: Option<&str>, q: &Query) -> Response<Re
 struct WatchStream {
     rx: mpsc::UnboundedReceiver<WatchMsg>,
     initial: VecDeque<Bytes>,
+    /// `allowWatchBookmarks=true`: gets [`WatchMsg::Bookmark`]s.
+    bookmarks: bool,
     deadline: Option<tokio::time::Instant>,
     /// `fieldSelector=metadata.name=…`: the namespace needs no filter here, the queue
     /// only ever receives the watched namespace's events.
@@ -1432,10 +1565,32 @@ impl WatchStream {
                         return Some((Frame::data(line), self));
                     }
                 }
+                Some(WatchMsg::Bookmark(line)) => {
+                    if self.bookmarks {
+                        return Some((Frame::data(line), self));
+                    }
+                }
                 Some(WatchMsg::End) | None => return None,
             }
         }
     }
+}
+
+/// A watch from a forgotten resourceVersion, as the API server answers it: 200, one
+/// `ERROR` event with a 410 Expired Status, the end (`apiserver/pkg/storage/cacher`).
+fn too_old(rv: u64, forgotten: u64) -> Response<RespBody> {
+    let status: Value = serde_json::from_str(&status_json(
+        410,
+        "Expired",
+        &format!("too old resource version: {rv} ({forgotten})"),
+        None,
+    ))
+    .expect("status JSON");
+    Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(full(watch_line("ERROR", &status)))
+        .unwrap()
 }
 
 fn create_pod(state: &Arc<State>, ns: &str, body: &[u8]) -> Response<RespBody> {
