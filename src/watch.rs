@@ -504,7 +504,7 @@ impl Body for Resuming {
                         // Trailers: a watch has none, but pass them on.
                         Err(frame) => return Poll::Ready(Some(Ok(frame))),
                     },
-                    Poll::Ready(Some(Err(e))) => this.broke(Some(e.into())),
+                    Poll::Ready(Some(Err(e))) => this.broke(Some(e)),
                     Poll::Ready(None) => this.broke(None),
                 },
                 State::Waiting(sleep) => {
