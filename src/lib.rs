@@ -6,6 +6,7 @@
 //! current beside it by `reload`. See the README's architecture section.
 
 pub mod admin;
+pub mod attributes;
 pub mod base64;
 pub mod body;
 pub mod cli;
