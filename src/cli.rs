@@ -245,6 +245,18 @@ pub struct Cli {
     #[arg(long, help_heading = OURS)]
     pub access_log: bool,
 
+    // Kubernetes-aware (issue 17): budget, policy, recording.
+    /// Requests per second this pod may send to the API server (client-go's token bucket,
+    /// over all requests; a watch or followed log takes one token when it starts). Over
+    /// budget a request is answered at once with 429 and Retry-After, which client-go
+    /// honours. 0 (the default): no budget.
+    #[arg(long, default_value_t = 0.0, value_name = "QPS", help_heading = OURS)]
+    pub qps: f64,
+
+    /// Requests allowed at once above --qps (the bucket's size; full at start-up).
+    #[arg(long, default_value_t = 10, value_name = "N", help_heading = OURS)]
+    pub burst: u32,
+
     /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL", help_heading = KUBECONFIG)]
     pub verbosity: u8,

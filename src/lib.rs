@@ -9,12 +9,15 @@ pub mod admin;
 pub mod attributes;
 pub mod base64;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod filter;
+pub mod gate;
 pub mod h2pool;
 pub mod headers;
+pub mod intern;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
@@ -63,6 +66,8 @@ pub enum RunError {
     UnixSocketWithPort,
     #[error(transparent)]
     SamePrefix(#[from] SamePrefix),
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
 }
 
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
@@ -71,6 +76,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     if cli.unix_socket.is_some() && cli.port != cli::DEFAULT_PORT {
         return Err(RunError::UnixSocketWithPort);
     }
+    let budget = budget::Budget::new(cli.qps, cli.burst)?;
     let (prefix, www) = match &cli.www {
         Some(dir) => (
             ApiPrefix::new(&cli.api_prefix).with_www(&cli.www_prefix)?,
@@ -176,6 +182,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         www,
         append_server_path: cli.append_server_path,
         shutdown: shutdown.clone(),
+        gate: gate::Gate::new(metrics.clone(), budget, cli.access_log),
         metrics,
         access_log: cli.access_log,
         request_timeout: cli.request_timeout,
