@@ -257,6 +257,19 @@ pub struct Cli {
     #[arg(long, default_value_t = 10, value_name = "N", help_heading = OURS)]
     pub burst: u32,
 
+    /// Let a request through only if a rule of FILE allows it (Role and ClusterRole
+    /// documents, multi-document YAML or a List, as `kubectl apply` takes them; RBAC's
+    /// matching). Refused requests get a 403 Status and never reach the API server. A
+    /// Role applies in the pod's namespace (--namespace); the file is re-read when it
+    /// changes, a bad one keeping the last good policy.
+    #[arg(long, value_name = "FILE", help_heading = OURS)]
+    pub policy: Option<PathBuf>,
+
+    /// The pod's namespace, where --policy Roles apply and --record-rbac's Role is
+    /// written (default: the service account's `namespace` file, else `default`).
+    #[arg(short = 'n', long, value_name = "NAMESPACE", help_heading = KUBECONFIG)]
+    pub namespace: Option<String>,
+
     /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL", help_heading = KUBECONFIG)]
     pub verbosity: u8,

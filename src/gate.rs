@@ -5,6 +5,7 @@
 //! an `ArcSwap` load: no lock, no file read, no allocation once a resource has been seen
 //! (but for the access log's owned copy of the attributes, when it is on).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,22 @@ use crate::attributes::Attributes;
 use crate::body::{ApiFields, ProxyBody};
 use crate::budget::{self, Budget};
 use crate::metrics::{ApiLabels, Metrics};
+use crate::policy::PolicyFile;
 use crate::status::{self, Details, Reason};
 
 pub struct Gate {
     metrics: Arc<Metrics>,
     budget: Option<Arc<Budget>>,
+    policy: Option<Arc<PolicyFile>>,
     access_log: bool,
+}
+
+/// What a [`Gate`] is built from.
+pub struct GateParts {
+    pub metrics: Arc<Metrics>,
+    pub budget: Option<Budget>,
+    pub policy: Option<Arc<PolicyFile>>,
+    pub access_log: bool,
 }
 
 /// What the gate learned about a request, for when its response is known.
@@ -31,15 +42,16 @@ pub struct Call {
 }
 
 impl Gate {
-    pub fn new(metrics: Arc<Metrics>, budget: Option<Budget>, access_log: bool) -> Self {
-        let budget = budget.map(Arc::new);
+    pub fn new(p: GateParts) -> Self {
+        let budget = p.budget.map(Arc::new);
         if let Some(b) = &budget {
-            metrics.set_budget(b.clone());
+            p.metrics.set_budget(b.clone());
         }
         Gate {
-            metrics,
+            metrics: p.metrics,
             budget,
-            access_log,
+            policy: p.policy,
+            access_log: p.access_log,
         }
     }
 
@@ -48,6 +60,12 @@ impl Gate {
         call.labels = Some(self.metrics.api_labels(a));
         if self.access_log {
             call.log = Some(ApiFields::from(a));
+        }
+        // The policy first: a refused request costs no budget.
+        if let Some(policy) = &self.policy {
+            if !policy.allows(a) {
+                return Some(forbidden(a, policy.path()));
+            }
         }
         if let Some(budget) = &self.budget {
             if let Err(wait) = budget.take() {
@@ -64,6 +82,68 @@ impl Gate {
             self.metrics.api_request(labels, code, elapsed);
         }
     }
+}
+
+/// The pod's namespace: `--namespace`, else the service account's `namespace` file (as
+/// client-go's in-cluster loader reads it), else `default`.
+pub fn pod_namespace(flag: Option<&str>, service_account_dir: &Path) -> String {
+    if let Some(ns) = flag.filter(|n| !n.is_empty()) {
+        return ns.to_owned();
+    }
+    std::fs::read_to_string(service_account_dir.join("namespace"))
+        .ok()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// The API server's Forbidden (apiserver `responsewriters.Forbidden` →
+/// `apierrors.NewForbidden`): `details` {name, group, kind = the resource}, and a message
+/// `<resource>[.group] ["name"] is forbidden: ...` naming verb, resource, namespace and
+/// the policy file that refused it.
+fn forbidden(a: &Attributes<'_>, policy: &Path) -> Response<ProxyBody> {
+    let file = policy.display();
+    let message = if a.resource_request {
+        let qualified = if a.group.is_empty() {
+            a.resource.to_owned()
+        } else {
+            format!("{}.{}", a.resource, a.group)
+        };
+        let subject = if a.name.is_empty() {
+            format!("{qualified} is forbidden")
+        } else {
+            format!("{qualified} {:?} is forbidden", a.name)
+        };
+        let scope = if a.namespace.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace {:?}", a.namespace)
+        };
+        format!(
+            "{subject}: kube-ambassador --policy {file} does not allow {} on resource {:?} in \
+             API group {:?} {scope}",
+            a.verb,
+            a.rbac_resource(),
+            a.group
+        )
+    } else {
+        format!(
+            "forbidden: kube-ambassador --policy {file} does not allow {} on path {:?}",
+            a.verb, a.path
+        )
+    };
+    tracing::debug!("{message}");
+    status::response_with_details(
+        StatusCode::FORBIDDEN,
+        Reason::Forbidden,
+        &message,
+        &Details {
+            name: &a.name,
+            group: a.group,
+            kind: a.resource,
+            retry_after_seconds: None,
+        },
+    )
 }
 
 /// The API server's own 429 (`apiserver`'s max-in-flight and APF filters): a Status with

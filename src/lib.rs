@@ -21,6 +21,7 @@ pub mod intern;
 pub mod listener;
 pub mod memory;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod router;
@@ -68,6 +69,8 @@ pub enum RunError {
     SamePrefix(#[from] SamePrefix),
     #[error(transparent)]
     Budget(#[from] budget::BudgetError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
 }
 
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
@@ -77,6 +80,17 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         return Err(RunError::UnixSocketWithPort);
     }
     let budget = budget::Budget::new(cli.qps, cli.burst)?;
+    let pod_namespace = || {
+        let sa_dir = cli
+            .service_account_dir
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_SERVICE_ACCOUNT_DIR.into());
+        gate::pod_namespace(cli.namespace.as_deref(), &sa_dir)
+    };
+    let policy = match &cli.policy {
+        Some(path) => Some(Arc::new(policy::PolicyFile::load(path, &pod_namespace())?)),
+        None => None,
+    };
     let (prefix, www) = match &cli.www {
         Some(dir) => (
             ApiPrefix::new(&cli.api_prefix).with_www(&cli.www_prefix)?,
@@ -170,7 +184,11 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 
     let times = creds.token_times();
     metrics.token_times(times.issued, times.expiry);
-    let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone());
+    let mut watched: Vec<Arc<dyn reload::Watched>> = Vec::new();
+    if let Some(p) = &policy {
+        watched.push(p.clone());
+    }
+    let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone(), watched);
     let proxy = Arc::new(Proxy::new(proxy::Parts {
         upstream,
         client,
@@ -182,7 +200,12 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         www,
         append_server_path: cli.append_server_path,
         shutdown: shutdown.clone(),
-        gate: gate::Gate::new(metrics.clone(), budget, cli.access_log),
+        gate: gate::Gate::new(gate::GateParts {
+            metrics: metrics.clone(),
+            budget,
+            policy: policy.clone(),
+            access_log: cli.access_log,
+        }),
         metrics,
         access_log: cli.access_log,
         request_timeout: cli.request_timeout,

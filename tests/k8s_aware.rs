@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use serde_json::Value;
 use support::client;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 
 const TOKEN: &str = "k8s-aware-token";
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -260,4 +260,214 @@ async fn a_burst_without_tokens_is_refused_at_start_up() {
     let (status, _out, err) = Proxy::start_expect_failure(&["--qps=-1", "--port=0"], &[]).await;
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("--qps"), "{err}");
+}
+
+const POLICY: &str = r#"# The app reads pods in its namespace, and /version.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: app
+rules:
+- apiGroups: [""]
+  resources: ["pods", "pods/log"]
+  verbs: ["get", "list", "watch", "delete"]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: app-cluster
+rules:
+- nonResourceURLs: ["/version", "/api", "/api/*"]
+  verbs: ["get"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  resourceNames: ["web"]
+  verbs: ["get"]
+"#;
+
+/// A ConfigMap volume as the kubelet writes it: `policy.yaml -> ..data/policy.yaml`,
+/// `..data -> ..<version>`, swapped by renaming a new `..data` over the old.
+struct ConfigMapDir {
+    dir: std::path::PathBuf,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    fn new(world: &World, content: &str) -> ConfigMapDir {
+        let dir = world.base().join("policy");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut cm = ConfigMapDir { dir, version: 0 };
+        cm.swap(content);
+        std::os::unix::fs::symlink("..data/policy.yaml", cm.file()).unwrap();
+        cm
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.join("policy.yaml")
+    }
+
+    fn swap(&mut self, content: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        std::fs::create_dir(self.dir.join(&version)).unwrap();
+        std::fs::write(self.dir.join(&version).join("policy.yaml"), content).unwrap();
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+}
+
+async fn setup_policy(content: &str, extra: &[&str]) -> (FakeApi, World, Proxy, ConfigMapDir) {
+    let pki = Pki::new();
+    let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
+    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
+    let cm = ConfigMapDir::new(&world, content);
+    let flag = format!("--policy={}", cm.file().display());
+    let mut args = vec![flag.as_str(), "--shutdown-delay=0s"];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::in_cluster(&world, &api, &args).await;
+    (api, world, proxy, cm)
+}
+
+#[tokio::test]
+async fn the_policy_lets_through_only_what_a_rule_allows() {
+    let (api, _world, proxy, cm) = setup_policy(POLICY, &[]).await;
+    for (method, path, allowed) in [
+        ("GET", PODS.to_owned(), true),
+        ("GET", format!("{PODS}?watch=0"), true),
+        ("GET", format!("{PODS}/pod-1"), true),
+        ("DELETE", format!("{PODS}/pod-2"), true),
+        ("POST", PODS.to_owned(), false),
+        (
+            "GET",
+            "/api/v1/namespaces/kube-system/pods".to_owned(),
+            false,
+        ),
+        ("GET", "/api/v1/pods".to_owned(), false),
+        (
+            "GET",
+            "/api/v1/namespaces/default/secrets/s".to_owned(),
+            false,
+        ),
+        (
+            "GET",
+            "/apis/apps/v1/namespaces/any/deployments/web".to_owned(),
+            true,
+        ),
+        (
+            "GET",
+            "/apis/apps/v1/namespaces/any/deployments/db".to_owned(),
+            false,
+        ),
+        ("GET", "/version".to_owned(), true),
+        ("GET", "/api".to_owned(), true),
+        ("GET", "/api/v1".to_owned(), true),
+        ("GET", "/apis".to_owned(), false),
+        ("POST", "/version".to_owned(), false),
+        ("GET", "/healthz".to_owned(), false),
+    ] {
+        api.clear_requests();
+        let resp = client::send(method, &proxy.url(&path), &[], "").await;
+        let reached = !api.requests().is_empty();
+        if allowed {
+            assert_ne!(resp.status, 403, "{method} {path}: {}", resp.text());
+            assert!(reached, "{method} {path} did not reach the API server");
+        } else {
+            let message = support::status_message(&resp, 403, "Forbidden");
+            assert!(!reached, "{method} {path} reached the API server");
+            assert!(
+                message.contains(&cm.file().display().to_string()),
+                "{message}"
+            );
+        }
+    }
+    // The Status is the API server's Forbidden: details {name, group, kind}, and a
+    // message naming the verb, the resource and the namespace.
+    let resp = client::get(&proxy.url("/apis/apps/v1/namespaces/any/deployments/db")).await;
+    let status = resp.json();
+    assert_eq!(
+        status["details"],
+        serde_json::json!({"name": "db", "group": "apps", "kind": "deployments"})
+    );
+    let message = status["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("deployments.apps \"db\" is forbidden: kube-ambassador --policy "),
+        "{message}"
+    );
+    assert!(
+        message.ends_with(
+            "does not allow get on resource \"deployments\" in API group \"apps\" in the namespace \"any\""
+        ),
+        "{message}"
+    );
+    let resp = client::send("POST", &proxy.url("/version"), &[], "").await;
+    let message = support::status_message(&resp, 403, "Forbidden");
+    assert!(
+        message.ends_with("does not allow post on path \"/version\""),
+        "{message}"
+    );
+    // kubectl's filter still applies: exec is refused by --reject-paths before the policy.
+    let resp = client::send("POST", &proxy.url(&format!("{PODS}/pod-1/exec")), &[], "").await;
+    assert_eq!(resp.status, 403);
+    assert_eq!(resp.text(), "Forbidden\n");
+    finish(proxy).await;
+}
+
+#[tokio::test]
+async fn the_policy_is_reloaded_when_its_configmap_changes_and_a_bad_one_keeps_the_last_good() {
+    let (_api, _world, proxy, mut cm) = setup_policy(POLICY, &[]).await;
+    let secret = "/api/v1/namespaces/default/secrets";
+    assert_eq!(client::get(&proxy.url(secret)).await.status, 403);
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
+
+    cm.swap(&POLICY.replace(r#"["pods", "pods/log"]"#, r#"["secrets"]"#));
+    within(
+        "the new policy",
+        proxy.wait_stderr("--policy changed on disk"),
+    )
+    .await;
+    assert_ne!(client::get(&proxy.url(secret)).await.status, 403);
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 403);
+
+    cm.swap("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: x}\nrules:\n- apiGroups: [\"\"]\n  verbs: [get]\n");
+    within(
+        "the error",
+        proxy.wait_stderr("keeping the last good policy"),
+    )
+    .await;
+    let stderr = proxy.stderr();
+    assert!(
+        stderr.contains(
+            "line 5: document 1 (Role): resource rules must supply at least one resource"
+        ),
+        "{stderr}"
+    );
+    // Still the second policy.
+    assert_ne!(client::get(&proxy.url(secret)).await.status, 403);
+    assert_eq!(client::get(&proxy.url(PODS)).await.status, 403);
+    finish(proxy).await;
+}
+
+#[tokio::test]
+async fn a_bad_policy_at_start_up_is_exit_1_with_file_line_and_reason() {
+    let world = World::new();
+    let file = world.file(
+        "policy.yaml",
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: a}\nrules:\n- apiGroups: [\"\"]\n  resources: [pods]\n  verbs: get\n",
+    );
+    let flag = format!("--policy={}", file.display());
+    let (status, _out, err) =
+        Proxy::start_expect_failure(&[&flag, "--port=0", "--server=http://127.0.0.1:1"], &[]).await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("invalid --policy {}", file.display())),
+        "{err}"
+    );
+    assert!(err.contains("line 7"), "{err}");
+    let missing = format!("--policy={}", world.base().join("nope.yaml").display());
+    let (status, _out, err) =
+        Proxy::start_expect_failure(&[&missing, "--port=0", "--server=http://127.0.0.1:1"], &[])
+            .await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot read --policy"), "{err}");
 }
