@@ -265,6 +265,13 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", help_heading = OURS)]
     pub policy: Option<PathBuf>,
 
+    /// Record what the app asks for as RBAC in FILE, kept up to date (atomically, at most
+    /// every 2 s, and at exit): a Role for the pod's namespace, a ClusterRole for the rest
+    /// (cluster-scoped resources, other namespaces, non-resource URLs), one rule per
+    /// resource with its verbs; requests refused with 403 are included and marked.
+    #[arg(long, value_name = "FILE", help_heading = OURS)]
+    pub record_rbac: Option<PathBuf>,
+
     /// The pod's namespace, where --policy Roles apply and --record-rbac's Role is
     /// written (default: the service account's `namespace` file, else `default`).
     #[arg(short = 'n', long, value_name = "NAMESPACE", help_heading = KUBECONFIG)]

@@ -16,12 +16,14 @@ use crate::body::{ApiFields, ProxyBody};
 use crate::budget::{self, Budget};
 use crate::metrics::{ApiLabels, Metrics};
 use crate::policy::PolicyFile;
+use crate::record::{Recorder, Refusal};
 use crate::status::{self, Details, Reason};
 
 pub struct Gate {
     metrics: Arc<Metrics>,
     budget: Option<Arc<Budget>>,
     policy: Option<Arc<PolicyFile>>,
+    recorder: Option<Arc<Recorder>>,
     access_log: bool,
 }
 
@@ -30,6 +32,7 @@ pub struct GateParts {
     pub metrics: Arc<Metrics>,
     pub budget: Option<Budget>,
     pub policy: Option<Arc<PolicyFile>>,
+    pub recorder: Option<Arc<Recorder>>,
     pub access_log: bool,
 }
 
@@ -39,6 +42,10 @@ pub struct Call {
     pub labels: Option<ApiLabels>,
     /// The attributes for the access log (only with `--access-log`).
     pub log: Option<ApiFields>,
+    /// Its `--record-rbac` entry.
+    pub recorded: Option<usize>,
+    /// Refused by `--policy` (a 403 of ours, not the API server's).
+    pub refused_locally: bool,
 }
 
 impl Gate {
@@ -51,6 +58,7 @@ impl Gate {
             metrics: p.metrics,
             budget,
             policy: p.policy,
+            recorder: p.recorder,
             access_log: p.access_log,
         }
     }
@@ -61,9 +69,16 @@ impl Gate {
         if self.access_log {
             call.log = Some(ApiFields::from(a));
         }
+        if let Some(rec) = &self.recorder {
+            call.recorded = rec.note(a);
+        }
         // The policy first: a refused request costs no budget.
         if let Some(policy) = &self.policy {
             if !policy.allows(a) {
+                call.refused_locally = true;
+                if let (Some(rec), Some(entry)) = (&self.recorder, call.recorded) {
+                    rec.refused(entry, Refusal::Policy);
+                }
                 return Some(forbidden(a, policy.path()));
             }
         }
@@ -80,6 +95,11 @@ impl Gate {
     pub fn answered(&self, call: &Call, code: u16, elapsed: Duration) {
         if let Some(labels) = call.labels {
             self.metrics.api_request(labels, code, elapsed);
+        }
+        if code == 403 && !call.refused_locally {
+            if let (Some(rec), Some(entry)) = (&self.recorder, call.recorded) {
+                rec.refused(entry, Refusal::ApiServer);
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod record;
 pub mod reload;
 pub mod router;
 pub mod shutdown;
@@ -71,6 +72,8 @@ pub enum RunError {
     Budget(#[from] budget::BudgetError),
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
 }
 
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
@@ -91,6 +94,14 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         Some(path) => Some(Arc::new(policy::PolicyFile::load(path, &pod_namespace())?)),
         None => None,
     };
+    let recorder = cli
+        .record_rbac
+        .as_deref()
+        .map(|path| Arc::new(record::Recorder::new(path, &pod_namespace())));
+    if let Some(rec) = &recorder {
+        // At start-up: an unwritable FILE is found now, not at exit.
+        rec.write_if_changed()?;
+    }
     let (prefix, www) = match &cli.www {
         Some(dir) => (
             ApiPrefix::new(&cli.api_prefix).with_www(&cli.www_prefix)?,
@@ -204,6 +215,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             metrics: metrics.clone(),
             budget,
             policy: policy.clone(),
+            recorder: recorder.clone(),
             access_log: cli.access_log,
         }),
         metrics,
@@ -216,6 +228,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }
         admin::spawn(admin, proxy.clone(), shutdown.clone());
     }
+    let record_writer = recorder.clone().map(record::spawn_writer);
     let server = tokio::spawn(listener::serve(
         listener,
         proxy,
@@ -265,6 +278,18 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
     if let Some(reload) = reload {
         reload.abort();
+    }
+    if let Some(writer) = record_writer {
+        writer.abort();
+    }
+    if let Some(rec) = &recorder {
+        // What the last requests added; the file is complete when the proxy exits.
+        match rec.write_if_changed() {
+            Ok(_) => {
+                tracing::info!(file = %rec.path().display(), "--record-rbac: recorded RBAC written")
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
     }
     tracing::info!("stopped");
     Ok(())
