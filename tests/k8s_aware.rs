@@ -613,3 +613,24 @@ async fn record_rbac_rewrites_the_file_while_running() {
     assert!(text.contains("nonResourceURLs: [\"/version\"]"), "{text}");
     finish(proxy).await;
 }
+
+/// The policy `manifests/` ships in a ConfigMap is one `--policy` accepts, and allows
+/// what the demo app does (list pods, /version) and nothing else.
+#[test]
+fn the_manifests_policy_configmap_is_a_valid_policy() {
+    use kube_ambassador::attributes::parse;
+    #[derive(serde::Deserialize)]
+    struct ConfigMap {
+        data: std::collections::BTreeMap<String, String>,
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/manifests/policy-configmap.yaml"
+    );
+    let cm: ConfigMap = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let policy = kube_ambassador::policy::Policy::parse(&cm.data["policy.yaml"], "demo").unwrap();
+    assert!(policy.allows(&parse("GET", "/api/v1/namespaces/demo/pods", None)));
+    assert!(policy.allows(&parse("GET", "/version", None)));
+    assert!(!policy.allows(&parse("GET", "/api/v1/namespaces/demo/secrets", None)));
+    assert!(!policy.allows(&parse("GET", "/api/v1/namespaces/other/pods", None)));
+}
