@@ -416,17 +416,17 @@ async fn the_policy_lets_through_only_what_a_rule_allows() {
 #[tokio::test]
 async fn the_policy_is_reloaded_when_its_configmap_changes_and_a_bad_one_keeps_the_last_good() {
     let (_api, _world, proxy, mut cm) = setup_policy(POLICY, &[]).await;
-    let secret = "/api/v1/namespaces/default/secrets";
-    assert_eq!(client::get(&proxy.url(secret)).await.status, 403);
+    let configmaps = "/api/v1/namespaces/default/configmaps";
+    assert_eq!(client::get(&proxy.url(configmaps)).await.status, 403);
     assert_eq!(client::get(&proxy.url(PODS)).await.status, 200);
 
-    cm.swap(&POLICY.replace(r#"["pods", "pods/log"]"#, r#"["secrets"]"#));
+    cm.swap(&POLICY.replace(r#"["pods", "pods/log"]"#, r#"["configmaps"]"#));
     within(
         "the new policy",
         proxy.wait_stderr("--policy changed on disk"),
     )
     .await;
-    assert_ne!(client::get(&proxy.url(secret)).await.status, 403);
+    assert_ne!(client::get(&proxy.url(configmaps)).await.status, 403);
     assert_eq!(client::get(&proxy.url(PODS)).await.status, 403);
 
     cm.swap("apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: x}\nrules:\n- apiGroups: [\"\"]\n  verbs: [get]\n");
@@ -443,7 +443,7 @@ async fn the_policy_is_reloaded_when_its_configmap_changes_and_a_bad_one_keeps_t
         "{stderr}"
     );
     // Still the second policy.
-    assert_ne!(client::get(&proxy.url(secret)).await.status, 403);
+    assert_ne!(client::get(&proxy.url(configmaps)).await.status, 403);
     assert_eq!(client::get(&proxy.url(PODS)).await.status, 403);
     finish(proxy).await;
 }
