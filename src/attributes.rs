@@ -45,44 +45,67 @@ const SPECIAL_VERBS: [&str; 2] = ["proxy", "watch"];
 /// not a namespaced resource called `status`.
 const NAMESPACE_SUBRESOURCES: [&str; 2] = ["status", "finalize"];
 
-/// The parts of a path left to read: `None` when none are left, otherwise the rest
-/// (`""` is one empty part, as Go's `strings.Split` gives it).
-#[derive(Clone, Copy)]
-struct Parts<'a>(Option<&'a str>);
+/// How many path segments are located; the attributes never look further (prefix,
+/// group, version, special verb, `namespaces`, namespace, resource, name, subresource).
+const SEGMENTS: usize = 10;
 
-impl<'a> Parts<'a> {
-    fn count_at_least(self, n: usize) -> bool {
-        match self.0 {
-            None => n == 0,
-            Some(s) => 1 + s.bytes().filter(|&b| b == b'/').take(n).count() >= n,
+/// A path split on `/` as Go's `strings.Split` splits it (an empty segment between two
+/// slashes counts), in one pass over the bytes: the first [`SEGMENTS`] segments located,
+/// all of them counted.
+struct Segments<'a> {
+    path: &'a str,
+    bounds: [(usize, usize); SEGMENTS],
+    count: usize,
+}
+
+impl<'a> Segments<'a> {
+    fn new(path: &'a str) -> Self {
+        let mut bounds = [(0, 0); SEGMENTS];
+        if path.is_empty() {
+            return Segments {
+                path,
+                bounds,
+                count: 0,
+            };
         }
-    }
-
-    fn peek(self) -> Option<&'a str> {
-        self.0
-            .map(|s| s.split_once('/').map_or(s, |(head, _)| head))
-    }
-
-    fn next(&mut self) -> Option<&'a str> {
-        let s = self.0?;
-        match s.split_once('/') {
-            Some((head, rest)) => {
-                self.0 = Some(rest);
-                Some(head)
+        let mut count = 0;
+        let mut start = 0;
+        for (i, &b) in path.as_bytes().iter().enumerate() {
+            if b == b'/' {
+                if count < SEGMENTS {
+                    bounds[count] = (start, i);
+                }
+                count += 1;
+                start = i + 1;
             }
-            None => {
-                self.0 = None;
-                Some(s)
-            }
+        }
+        if count < SEGMENTS {
+            bounds[count] = (start, path.len());
+        }
+        Segments {
+            path,
+            bounds,
+            count: count + 1,
         }
     }
 
-    /// The `n`th part from here, if there is one.
-    fn nth(mut self, n: usize) -> Option<&'a str> {
-        for _ in 0..n {
-            self.next()?;
+    /// Segment `i` (`""` past the end).
+    fn get(&self, i: usize) -> &'a str {
+        if i < self.count && i < SEGMENTS {
+            let (a, b) = self.bounds[i];
+            &self.path[a..b]
+        } else {
+            ""
         }
-        self.next()
+    }
+
+    /// Segments `i..`, joined by `/` as in the path.
+    fn from(&self, i: usize) -> &'a str {
+        if i < self.count && i < SEGMENTS {
+            &self.path[self.bounds[i].0..]
+        } else {
+            ""
+        }
     }
 }
 
@@ -104,35 +127,38 @@ pub fn parse<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> Attr
         parts: "",
     };
     // Go's `splitPath`: trim slashes, then split.
-    let trimmed = path.trim_matches('/');
-    let mut parts = Parts((!trimmed.is_empty()).then_some(trimmed));
-    if !parts.count_at_least(3) {
+    let segs = Segments::new(path.trim_matches('/'));
+    // `at` is the first segment not yet read (Go's `currentParts[0]`).
+    if segs.count < 3 {
         return info;
     }
-    let prefix = parts.next().unwrap_or_default();
+    let prefix = segs.get(0);
     if prefix != "api" && prefix != "apis" {
         return info;
     }
+    let mut at = 1;
     if prefix == "apis" {
         // One part (the prefix) is consumed: "do we have four parts?".
-        if !parts.count_at_least(3) {
+        if segs.count - at < 3 {
             return info;
         }
-        info.group = parts.next().unwrap_or_default();
+        info.group = segs.get(at);
+        at += 1;
     }
     info.resource_request = true;
     info.api_prefix = prefix;
-    info.version = parts.next().unwrap_or_default();
+    info.version = segs.get(at);
+    at += 1;
 
-    let first = parts.peek().unwrap_or_default();
+    let first = segs.get(at);
     if let Some(special) = SPECIAL_VERBS.iter().find(|v| **v == first) {
-        if !parts.count_at_least(2) {
+        if segs.count - at < 2 {
             // Go returns an error here ("unable to determine kind and namespace") and the
             // API server answers 500; the attributes stay as far as they were read.
             return info;
         }
         info.verb = Cow::Borrowed(*special);
-        parts.next();
+        at += 1;
     } else {
         info.verb = Cow::Borrowed(match method {
             "POST" => "create",
@@ -145,25 +171,24 @@ pub fn parse<'a>(method: &'a str, path: &'a str, query: Option<&'a str>) -> Attr
     }
 
     // /namespaces/{namespace}/{resource}/...: parts become relative to the resource.
-    if parts.peek() == Some("namespaces") {
-        if let Some(ns) = parts.nth(1) {
-            info.namespace = ns;
-            if let Some(next) = parts.nth(2) {
-                if !NAMESPACE_SUBRESOURCES.contains(&next) {
-                    parts.next();
-                    parts.next();
-                }
-            }
+    let left = segs.count - at;
+    if segs.get(at) == "namespaces" && left > 1 {
+        info.namespace = segs.get(at + 1);
+        if left > 2 && !NAMESPACE_SUBRESOURCES.contains(&segs.get(at + 2)) {
+            at += 2;
         }
     }
-    info.parts = parts.0.unwrap_or("");
+    info.parts = segs.from(at);
 
     // resource/name/subresource/anything/else/uninterpreted
-    if info.verb != "proxy" {
-        info.subresource = parts.nth(2).unwrap_or("");
+    let left = segs.count - at;
+    if left >= 3 && info.verb != "proxy" {
+        info.subresource = segs.get(at + 2);
     }
-    info.name = Cow::Borrowed(parts.nth(1).unwrap_or(""));
-    info.resource = parts.nth(0).unwrap_or("");
+    if left >= 2 {
+        info.name = Cow::Borrowed(segs.get(at + 1));
+    }
+    info.resource = segs.get(at);
 
     // No name and a get: a list or a watch (v1.ListOptions).
     if info.name.is_empty() && info.verb == "get" {
