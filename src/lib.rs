@@ -197,6 +197,14 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     metrics.token_times(times.issued, times.expiry);
     let mut watched: Vec<Arc<dyn reload::Watched>> = Vec::new();
     if let Some(p) = &policy {
+        let rules = p.rules();
+        tracing::info!(policy = %p.path().display(), rules, namespace = %pod_namespace(), "enforcing --policy");
+        if rules == 0 {
+            tracing::warn!(
+                "--policy {} has no rules: every API request is refused",
+                p.path().display()
+            );
+        }
         watched.push(p.clone());
     }
     let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone(), watched);

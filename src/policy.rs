@@ -166,6 +166,11 @@ impl Policy {
         Ok(())
     }
 
+    /// How many rules there are (all documents).
+    pub fn rules(&self) -> usize {
+        self.grants.iter().map(|g| g.rules.len()).sum()
+    }
+
     /// Whether some rule allows the request (RBAC's `RuleAllows` over the rules that
     /// apply to its namespace).
     pub fn allows(&self, a: &Attributes<'_>) -> bool {
@@ -246,6 +251,11 @@ impl PolicyFile {
         &self.path
     }
 
+    /// Rules in the current policy.
+    pub fn rules(&self) -> usize {
+        self.current.load().rules()
+    }
+
     /// The current policy: one atomic load.
     pub fn allows(&self, a: &Attributes<'_>) -> bool {
         self.current.load().allows(a)
@@ -270,8 +280,9 @@ impl PolicyFile {
         }
         match Policy::parse(&text, &self.pod_namespace) {
             Ok(policy) => {
+                let rules = policy.rules();
                 self.current.store(Arc::new(policy));
-                tracing::info!(policy = %self.path.display(), "--policy changed on disk; now enforcing it");
+                tracing::info!(policy = %self.path.display(), rules, "--policy changed on disk; now enforcing it");
             }
             Err(reason) => tracing::error!(
                 "invalid --policy {}: {reason}; keeping the last good policy",

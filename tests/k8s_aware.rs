@@ -332,6 +332,17 @@ async fn setup_policy(content: &str, extra: &[&str]) -> (FakeApi, World, Proxy, 
 #[tokio::test]
 async fn the_policy_lets_through_only_what_a_rule_allows() {
     let (api, _world, proxy, cm) = setup_policy(POLICY, &[]).await;
+    // The start-up log says what is enforced, and in which namespace Roles apply.
+    within(
+        "the start-up line about the policy",
+        proxy.wait_stderr("rules=3 namespace=default"),
+    )
+    .await;
+    assert!(
+        proxy.stderr().contains("enforcing --policy"),
+        "{}",
+        proxy.stderr()
+    );
     for (method, path, allowed) in [
         ("GET", PODS.to_owned(), true),
         ("GET", format!("{PODS}?watch=0"), true),
