@@ -88,6 +88,33 @@ pub struct AccessLog {
     pub start: Instant,
     pub upstream: Duration,
     pub bytes: u64,
+    /// The request's API attributes (all empty outside the API, e.g. static files).
+    pub api: ApiFields,
+}
+
+/// A request's API attributes as the access log shows them (owned: the line is written
+/// when the body ends).
+#[derive(Debug, Default, Clone)]
+pub struct ApiFields {
+    pub verb: String,
+    pub group: String,
+    pub resource: String,
+    pub subresource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl From<&crate::attributes::Attributes<'_>> for ApiFields {
+    fn from(a: &crate::attributes::Attributes<'_>) -> Self {
+        ApiFields {
+            verb: a.verb.clone().into_owned(),
+            group: a.group.to_owned(),
+            resource: a.resource.to_owned(),
+            subresource: a.subresource.to_owned(),
+            namespace: a.namespace.to_owned(),
+            name: a.name.clone().into_owned(),
+        }
+    }
 }
 
 impl Drop for AccessLog {
@@ -96,6 +123,12 @@ impl Drop for AccessLog {
             target: "kube_ambassador::access",
             method = %self.method,
             path = %crate::logging::Escaped(&self.path),
+            verb = %self.api.verb,
+            group = %self.api.group,
+            resource = %self.api.resource,
+            subresource = %self.api.subresource,
+            namespace = %crate::logging::Escaped(&self.api.namespace),
+            name = %crate::logging::Escaped(&self.api.name),
             status = self.status,
             duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
             upstream_ms = self.upstream.as_secs_f64() * 1e3,

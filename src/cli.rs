@@ -309,6 +309,38 @@ pub struct Cli {
     #[arg(long, help_heading = OURS)]
     pub access_log: bool,
 
+    // Kubernetes-aware (issue 17): budget, policy, recording.
+    /// Requests per second this pod may send to the API server (client-go's token bucket,
+    /// over all requests; a watch or followed log takes one token when it starts). Over
+    /// budget a request is answered at once with 429 and Retry-After, which client-go
+    /// honours. 0 (the default): no budget.
+    #[arg(long, default_value_t = 0.0, value_name = "QPS", help_heading = OURS)]
+    pub qps: f64,
+
+    /// Requests allowed at once above --qps (the bucket's size; full at start-up).
+    #[arg(long, default_value_t = 10, value_name = "N", help_heading = OURS)]
+    pub burst: u32,
+
+    /// Let a request through only if a rule of FILE allows it (Role and ClusterRole
+    /// documents, multi-document YAML or a List, as `kubectl apply` takes them; RBAC's
+    /// matching). Refused requests get a 403 Status and never reach the API server. A
+    /// Role applies in the pod's namespace (--namespace); the file is re-read when it
+    /// changes, a bad one keeping the last good policy.
+    #[arg(long, value_name = "FILE", help_heading = OURS)]
+    pub policy: Option<PathBuf>,
+
+    /// Record what the app asks for as RBAC in FILE, kept up to date (atomically, at most
+    /// every 2 s, and at exit): a Role for the pod's namespace, a ClusterRole for the rest
+    /// (cluster-scoped resources, other namespaces, non-resource URLs), one rule per
+    /// resource with its verbs; requests refused with 403 are included and marked.
+    #[arg(long, value_name = "FILE", help_heading = OURS)]
+    pub record_rbac: Option<PathBuf>,
+
+    /// The pod's namespace, where --policy Roles apply and --record-rbac's Role is
+    /// written (default: the service account's `namespace` file, else `default`).
+    #[arg(short = 'n', long, value_name = "NAMESPACE", help_heading = KUBECONFIG)]
+    pub namespace: Option<String>,
+
     /// Number for the log level verbosity (0: info; 4: debug; 6 and more: trace).
     #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL", help_heading = KUBECONFIG)]
     pub verbosity: u8,

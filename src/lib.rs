@@ -6,20 +6,26 @@
 //! current beside it by `reload`. See the README's architecture section.
 
 pub mod admin;
+pub mod attributes;
 pub mod base64;
 pub mod body;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod filter;
+pub mod gate;
 pub mod h2pool;
 pub mod headers;
 pub mod inject;
+pub mod intern;
 pub mod listener;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod policy;
 pub mod proxy;
+pub mod record;
 pub mod reload;
 pub mod router;
 pub mod shutdown;
@@ -65,6 +71,12 @@ pub enum RunError {
     UnixSocketWithPort,
     #[error(transparent)]
     SamePrefix(#[from] SamePrefix),
+    #[error(transparent)]
+    Budget(#[from] budget::BudgetError),
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
 }
 
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
@@ -72,6 +84,26 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     // kubectl's own checks on its flags come first: nothing else needs to be read.
     if cli.unix_socket.is_some() && cli.port != cli::DEFAULT_PORT {
         return Err(RunError::UnixSocketWithPort);
+    }
+    let budget = budget::Budget::new(cli.qps, cli.burst)?;
+    let pod_namespace = || {
+        let sa_dir = cli
+            .service_account_dir
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_SERVICE_ACCOUNT_DIR.into());
+        gate::pod_namespace(cli.namespace.as_deref(), &sa_dir)
+    };
+    let policy = match &cli.policy {
+        Some(path) => Some(Arc::new(policy::PolicyFile::load(path, &pod_namespace())?)),
+        None => None,
+    };
+    let recorder = cli
+        .record_rbac
+        .as_deref()
+        .map(|path| Arc::new(record::Recorder::new(path, &pod_namespace())));
+    if let Some(rec) = &recorder {
+        // At start-up: an unwritable FILE is found now, not at exit.
+        rec.write_if_changed()?;
     }
     let (prefix, www) = match &cli.www {
         Some(dir) => (
@@ -188,7 +220,19 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 
     let times = creds.token_times();
     metrics.token_times(times.issued, times.expiry);
-    let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone());
+    let mut watched: Vec<Arc<dyn reload::Watched>> = Vec::new();
+    if let Some(p) = &policy {
+        let rules = p.rules();
+        tracing::info!(policy = %p.path().display(), rules, namespace = %pod_namespace(), "enforcing --policy");
+        if rules == 0 {
+            tracing::warn!(
+                "--policy {} has no rules: every API request is refused",
+                p.path().display()
+            );
+        }
+        watched.push(p.clone());
+    }
+    let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone(), watched);
     let proxy = Arc::new(Proxy::new(proxy::Parts {
         upstream,
         client,
@@ -201,6 +245,13 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         www,
         append_server_path: cli.append_server_path,
         shutdown: shutdown.clone(),
+        gate: gate::Gate::new(gate::GateParts {
+            metrics: metrics.clone(),
+            budget,
+            policy: policy.clone(),
+            recorder: recorder.clone(),
+            access_log: cli.access_log,
+        }),
         metrics,
         access_log: cli.access_log,
         request_timeout: cli.request_timeout,
@@ -212,6 +263,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         }
         admin::spawn(admin, proxy.clone(), shutdown.clone());
     }
+    let record_writer = recorder.clone().map(record::spawn_writer);
     let server = tokio::spawn(listener::serve(
         listener,
         proxy,
@@ -261,6 +313,18 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
     if let Some(reload) = reload {
         reload.abort();
+    }
+    if let Some(writer) = record_writer {
+        writer.abort();
+    }
+    if let Some(rec) = &recorder {
+        // What the last requests added; the file is complete when the proxy exits.
+        match rec.write_if_changed() {
+            Ok(_) => {
+                tracing::info!(file = %rec.path().display(), "--record-rbac: recorded RBAC written")
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
     }
     tracing::info!("stopped");
     Ok(())

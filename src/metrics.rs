@@ -4,8 +4,8 @@
 //! takes none, so the label space is fixed up front (method × status code, error kinds,
 //! reload results) and stored in atomic arrays that a `Collector` renders at scrape time.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::Method;
@@ -16,7 +16,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
+use crate::attributes::Attributes;
+use crate::budget::Budget;
 use crate::credentials::Reload;
+use crate::intern::{Interner, hash_parts};
 use crate::reload::ReloadObserver;
 
 const METHODS: [&str; 8] = [
@@ -27,6 +30,103 @@ const CODES: usize = 500; // 100..=599
 const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// Verbs the per-resource series name (the API server's, then the lower-case methods of
+/// non-resource requests); anything else is `other`.
+const API_VERBS: [&str; 14] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+    "proxy",
+    "post",
+    "put",
+    "head",
+    "options",
+    "other",
+];
+/// Distinct (group, resource, subresource) label sets kept; later ones count as
+/// `resource="other"` (CRDs can be many; a label set never goes away once seen).
+pub const API_RESOURCES: usize = 100;
+/// Distinct (verb, resource, code) counters, and (verb, resource) histograms, kept.
+const API_COUNTERS: usize = 2048;
+const API_HISTOGRAMS: usize = 256;
+/// Resource slots before the interned ones: non-resource requests, then `other`.
+const NON_RESOURCE: u16 = 0;
+const OTHER_RESOURCE: u16 = 1;
+
+/// The labels of one API request, resolved once on the request path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiLabels {
+    verb: u8,
+    resource: u16,
+}
+
+/// The per-verb-and-resource series, made on the first API request (the proxy's idle
+/// memory does not pay for them).
+#[derive(Debug)]
+struct ApiSeries {
+    resources: Interner<(Box<str>, Box<str>, Box<str>)>,
+    counter_keys: Interner<u32>,
+    counters: Box<[AtomicU64]>,
+    histogram_keys: Interner<u32>,
+    histograms: Box<[Histogram]>,
+}
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+impl ApiSeries {
+    fn new() -> Self {
+        let counter_keys = Interner::new(API_COUNTERS);
+        let histogram_keys = Interner::new(API_HISTOGRAMS);
+        ApiSeries {
+            resources: Interner::new(API_RESOURCES),
+            counters: (0..counter_keys.capacity())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            counter_keys,
+            histograms: (0..histogram_keys.capacity())
+                .map(|_| Histogram::default())
+                .collect(),
+            histogram_keys,
+        }
+    }
+
+    /// (group, resource, subresource) of a resource slot.
+    fn resource(&self, slot: u16) -> (&str, &str, &str) {
+        match slot {
+            NON_RESOURCE => ("", "", ""),
+            OTHER_RESOURCE => ("", "other", ""),
+            n => self
+                .resources
+                .get(usize::from(n - 2))
+                .map_or(("", "other", ""), |(g, r, s)| (g, r, s)),
+        }
+    }
+}
 
 /// Why a request got no answer from the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +218,10 @@ pub struct Metrics {
     watch_gap_buckets: [AtomicU64; GAP_BUCKETS.len() + 1],
     watch_gap_count: AtomicU64,
     watch_gap_sum_micros: AtomicU64,
+    api: OnceLock<ApiSeries>,
+    /// Requests refused by `--qps`/`--burst`.
+    throttled: AtomicU64,
+    budget: OnceLock<Arc<Budget>>,
 }
 
 impl Default for Metrics {
@@ -147,6 +251,9 @@ impl Default for Metrics {
             watch_gap_buckets: Default::default(),
             watch_gap_count: AtomicU64::new(0),
             watch_gap_sum_micros: AtomicU64::new(0),
+            api: OnceLock::new(),
+            throttled: AtomicU64::new(0),
+            budget: OnceLock::new(),
         }
     }
 }
@@ -196,6 +303,65 @@ impl Metrics {
         self.duration_count.fetch_add(1, Ordering::Relaxed);
         self.duration_sum_micros
             .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The labels an API request is counted under (a lookup; an insertion the first
+    /// time a resource is seen).
+    pub fn api_labels(&self, a: &Attributes<'_>) -> ApiLabels {
+        let verb = API_VERBS[..API_VERBS.len() - 1]
+            .iter()
+            .position(|v| *v == a.verb)
+            .unwrap_or(API_VERBS.len() - 1) as u8;
+        if !a.resource_request {
+            return ApiLabels {
+                verb,
+                resource: NON_RESOURCE,
+            };
+        }
+        let series = self.api.get_or_init(ApiSeries::new);
+        let hash = hash_parts(&[a.group, a.resource, a.subresource]);
+        let resource = series
+            .resources
+            .index(
+                hash,
+                |(g, r, s)| **g == *a.group && **r == *a.resource && **s == *a.subresource,
+                || (a.group.into(), a.resource.into(), a.subresource.into()),
+            )
+            .map_or(OTHER_RESOURCE, |i| i as u16 + 2);
+        ApiLabels { verb, resource }
+    }
+
+    /// One answered API request, by verb and resource.
+    pub fn api_request(&self, labels: ApiLabels, code: u16, elapsed: Duration) {
+        let series = self.api.get_or_init(ApiSeries::new);
+        let code = u32::from(code.clamp(100, 599) - 100);
+        let pair = u32::from(labels.verb) << 9 | u32::from(labels.resource);
+        let key = 1 + (pair << 9 | code);
+        if let Some(i) = series.counter_keys.index(
+            u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32,
+            |k| *k == key,
+            || key,
+        ) {
+            series.counters[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let key = 1 + pair;
+        if let Some(i) = series.histogram_keys.index(
+            u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32,
+            |k| *k == key,
+            || key,
+        ) {
+            series.histograms[i].observe(elapsed);
+        }
+    }
+
+    /// A request refused by the `--qps`/`--burst` budget.
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Shows the budget's tokens on `/metrics`.
+    pub fn set_budget(&self, budget: Arc<Budget>) {
+        let _ = self.budget.set(budget);
     }
 
     pub fn upstream_error(&self, kind: UpstreamErrorKind) {
@@ -362,6 +528,25 @@ impl Collector for Metrics {
             sum, count, &buckets, None,
         )?;
 
+        if let Some(api) = self.api.get() {
+            self.encode_api(api, &mut encoder)?;
+        }
+        if let Some(budget) = self.budget.get() {
+            counter(
+                &mut encoder,
+                "kube_ambassador_throttled_requests",
+                "Requests refused with 429 by the --qps/--burst budget.",
+                &[(&[], load(&self.throttled))],
+            )?;
+            let g = ConstGauge::new(budget.tokens());
+            g.encode(encoder.encode_descriptor(
+                "kube_ambassador_budget_tokens",
+                "Tokens left in the --qps/--burst bucket (each request takes one).",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+
         let errors: Vec<([(&str, &str); 1], u64)> = UpstreamErrorKind::ALL
             .iter()
             .map(|k| {
@@ -482,6 +667,101 @@ impl Collector for Metrics {
     }
 }
 
+impl Metrics {
+    fn encode_api(
+        &self,
+        api: &ApiSeries,
+        encoder: &mut DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let help = format!(
+            "API requests answered, by verb, API group, resource, subresource and HTTP status \
+             code (the API server's request attributes). Non-resource requests (/version, \
+             /apis, ...) have the lower-case method as verb and resource=\"\"; the path is \
+             not a label. At most {API_RESOURCES} distinct (group, resource, subresource) are \
+             kept, later ones count as resource=\"other\"."
+        );
+        let mut keys: Vec<(u32, usize)> = api.counter_keys.iter().map(|(i, k)| (*k, i)).collect();
+        keys.sort_unstable();
+        let mut family = encoder.encode_descriptor(
+            "kube_ambassador_api_requests",
+            &help,
+            None,
+            MetricType::Counter,
+        )?;
+        for (key, i) in keys {
+            let key = key - 1;
+            let (verb, slot, code) = (key >> 18, (key >> 9) & 0x1ff, key & 0x1ff);
+            let (group, resource, subresource) = api.resource(slot as u16);
+            let code = (code + 100).to_string();
+            let labels = [
+                ("verb", API_VERBS[verb as usize]),
+                ("group", group),
+                ("resource", resource),
+                ("subresource", subresource),
+                ("code", code.as_str()),
+            ];
+            ConstCounter::new(load(&api.counters[i])).encode(family.encode_family(&labels)?)?;
+        }
+
+        let mut keys: Vec<(u32, usize)> = api.histogram_keys.iter().map(|(i, k)| (*k, i)).collect();
+        keys.sort_unstable();
+        let mut family = encoder.encode_descriptor(
+            "kube_ambassador_api_request_duration_seconds",
+            &format!(
+                "Time from receiving an API request to sending its response headers, by verb \
+                 and resource (resource=\"other\" past {API_RESOURCES} distinct ones)."
+            ),
+            None,
+            MetricType::Histogram,
+        )?;
+        // One series per (verb, group, resource): subresources share their resource's.
+        type Merged<'a> = ((u32, &'a str, &'a str), [u64; BUCKETS.len() + 1], u64, u64);
+        let mut merged: Vec<Merged<'_>> = Vec::new();
+        for (key, i) in keys {
+            let key = key - 1;
+            let (verb, slot) = (key >> 9, key & 0x1ff);
+            let (group, resource, _) = api.resource(slot as u16);
+            let h = &api.histograms[i];
+            let id = (verb, group, resource);
+            let at = match merged.iter().position(|(k, ..)| *k == id) {
+                Some(at) => at,
+                None => {
+                    merged.push((id, [0; BUCKETS.len() + 1], 0, 0));
+                    merged.len() - 1
+                }
+            };
+            let m = &mut merged[at];
+            for (acc, b) in m.1.iter_mut().zip(&h.buckets) {
+                *acc += load(b);
+            }
+            m.2 += load(&h.count);
+            m.3 += load(&h.sum_micros);
+        }
+        for ((verb, group, resource), buckets, count, sum) in merged {
+            let buckets: Vec<(f64, u64)> = BUCKETS
+                .iter()
+                .chain(std::iter::once(&f64::INFINITY))
+                .zip(buckets)
+                .map(|(b, c)| (*b, c))
+                .collect();
+            let labels = [
+                ("verb", API_VERBS[verb as usize]),
+                ("group", group),
+                ("resource", resource),
+            ];
+            family
+                .encode_family(&labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum as f64 / 1e6,
+                    count,
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,5 +800,31 @@ mod tests {
         assert!(m.since_last_answer().is_some());
         m.upstream_error(UpstreamErrorKind::Refused);
         assert!(m.since_last_answer().is_none());
+    }
+
+    #[test]
+    fn resources_past_the_bound_count_as_other() {
+        let m = Arc::new(Metrics::default());
+        let paths: Vec<String> = (0..API_RESOURCES + 5)
+            .map(|i| format!("/apis/g{i}.example.com/v1/things"))
+            .collect();
+        for p in &paths {
+            let a = crate::attributes::parse("GET", p, None);
+            let l = m.api_labels(&a);
+            m.api_request(l, 200, Duration::from_millis(1));
+        }
+        let a = crate::attributes::parse("GET", "/apis/g0.example.com/v1/things", None);
+        m.api_request(m.api_labels(&a), 200, Duration::from_millis(1));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry()).unwrap();
+        let other = r#"kube_ambassador_api_requests_total{verb="list",group="",resource="other",subresource="",code="200"} 5"#;
+        assert!(out.contains(other), "{out}");
+        let first = r#"kube_ambassador_api_requests_total{verb="list",group="g0.example.com",resource="things",subresource="",code="200"} 2"#;
+        assert!(out.contains(first), "{out}");
+        let kept = out
+            .lines()
+            .filter(|l| l.starts_with("kube_ambassador_api_requests_total{"))
+            .count();
+        assert_eq!(kept, API_RESOURCES + 1);
     }
 }

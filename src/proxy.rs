@@ -17,6 +17,7 @@ use crate::body::{AccessLog, Inner, ProxyBody, Tracked, UpstreamBody};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::filter::Filter;
+use crate::gate::{Call, Gate};
 use crate::h2pool::{H2Error, H2Pool, Sent};
 use crate::headers;
 use crate::logging::Escaped;
@@ -42,6 +43,8 @@ pub struct Proxy {
     pub(crate) prefix: ApiPrefix,
     pub(crate) shutdown: Shutdown,
     pub(crate) metrics: Arc<Metrics>,
+    /// Verb-and-resource metrics, `--policy`, `--qps`/`--burst`, `--record-rbac`.
+    gate: Gate,
     /// Static files (`--www`); `None` keeps every request free of file I/O.
     www: Option<Www>,
     /// `--append-server-path`: put the server URL's path before each request's.
@@ -96,6 +99,7 @@ pub struct Parts {
     pub prefix: ApiPrefix,
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
+    pub gate: Gate,
     pub www: Option<Www>,
     pub append_server_path: bool,
     pub access_log: bool,
@@ -129,6 +133,7 @@ impl Proxy {
             prefix: p.prefix,
             shutdown: p.shutdown,
             metrics: p.metrics,
+            gate: p.gate,
             www: p.www,
             append_server_path: p.append_server_path,
             access_log: p.access_log,
@@ -153,9 +158,12 @@ impl Proxy {
         let start = Instant::now();
         let method = req.method().clone();
         let path = self.access_log.then(|| req.uri().path().to_owned());
-        let mut resp = self.serve(req, peer).await;
+        let mut call = Call::default();
+        let mut resp = self.serve(req, peer, &mut call).await;
         let status = resp.status().as_u16();
-        self.metrics.request(&method, status, start.elapsed());
+        let elapsed = start.elapsed();
+        self.metrics.request(&method, status, elapsed);
+        self.gate.answered(&call, status, elapsed);
         if let Some(path) = path {
             let upstream = resp
                 .extensions()
@@ -168,6 +176,7 @@ impl Proxy {
                 start,
                 upstream,
                 bytes: 0,
+                api: call.log.unwrap_or_default(),
             };
             let body = resp.body_mut();
             match body {
@@ -195,7 +204,12 @@ impl Proxy {
         Ok(resp)
     }
 
-    async fn serve(self: &Arc<Self>, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+    async fn serve(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+        call: &mut Call,
+    ) -> Response<ProxyBody> {
         if let Some(refused) = host_error(&req) {
             return refused;
         }
@@ -266,6 +280,11 @@ impl Proxy {
                 );
                 return status::forbidden();
             }
+        }
+        // As the API server will read it: metrics labels, --policy, --qps, --record-rbac.
+        let attrs = crate::attributes::parse(req.method().as_str(), &decoded, uri.query());
+        if let Some(answer) = self.gate.admit(&attrs, call) {
+            return answer;
         }
         let target = match self.upstream_uri(raw_path, uri.query()) {
             Some(t) => t,

@@ -30,17 +30,27 @@ pub trait ReloadObserver: Send + Sync + 'static {
 
 impl ReloadObserver for () {}
 
+/// Another file re-read by the same watcher when its directory changes (`--policy`; a
+/// ConfigMap volume swaps its `..data` symlink like the token's).
+pub trait Watched: Send + Sync + 'static {
+    fn watched_file(&self) -> &Path;
+    /// Re-reads the file; keeps what it had if the file is bad (and says so).
+    fn reload_blocking(&self);
+}
+
 /// Starts the reload task if anything can change; returns `None` when nothing can.
 pub fn spawn(
     creds: Arc<Credentials>,
     tls: Option<Arc<Tls>>,
     observer: Arc<dyn ReloadObserver>,
+    others: Vec<Arc<dyn Watched>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut files: Vec<&Path> = creds.watched_file().into_iter().collect();
     if let Some(tls) = tls.as_deref() {
         files.extend(tls.watched_files());
     }
+    files.extend(others.iter().map(|o| o.watched_file()));
     for file in files {
         let dir = parent_dir(file);
         if !dirs.contains(&dir) {
@@ -67,9 +77,14 @@ pub fn spawn(
                 _ = tick.tick() => warn_if_not_rotated(&creds, &mut warned_for),
             }
             let (creds, tls, observer) = (creds.clone(), tls.clone(), observer.clone());
-            let _ =
-                tokio::task::spawn_blocking(move || reload_all(&creds, tls.as_deref(), &*observer))
-                    .await;
+            let others = others.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                reload_all(&creds, tls.as_deref(), &*observer);
+                for other in &others {
+                    other.reload_blocking();
+                }
+            })
+            .await;
         }
     }))
 }

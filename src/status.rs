@@ -31,6 +31,10 @@ pub enum Reason {
     /// 500, and 502: `StatusReason` has no reason of its own for a bad gateway, and
     /// client-go maps every 5xx without one (502 included) to `InternalError`.
     InternalError,
+    /// Refused by `--policy` (403).
+    Forbidden,
+    /// Over the `--qps`/`--burst` budget (429).
+    TooManyRequests,
 }
 
 impl Reason {
@@ -41,21 +45,84 @@ impl Reason {
             Reason::NotFound => "NotFound",
             Reason::BadRequest => "BadRequest",
             Reason::InternalError => "InternalError",
+            Reason::Forbidden => "Forbidden",
+            Reason::TooManyRequests => "TooManyRequests",
         }
     }
 }
 
 /// Renders a `Status` object as JSON.
 pub fn body(code: StatusCode, reason: Reason, message: &str) -> String {
-    let mut out = String::with_capacity(message.len() + 128);
+    body_with_details(code, reason, message, None)
+}
+
+/// A Status's `details` (apimachinery's `StatusDetails`): the fields we fill, each left
+/// out when empty (`omitempty`), in the order the API server writes them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Details<'a> {
+    pub name: &'a str,
+    pub group: &'a str,
+    /// The resource for a Forbidden error (`NewForbidden` puts it there).
+    pub kind: &'a str,
+    pub retry_after_seconds: Option<u64>,
+}
+
+/// Renders a `Status` object with `details` as JSON.
+pub fn body_with_details(
+    code: StatusCode,
+    reason: Reason,
+    message: &str,
+    details: Option<&Details<'_>>,
+) -> String {
+    let mut out = String::with_capacity(message.len() + 160);
     out.push_str(
         r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":""#,
     );
     escape_json_into(message, &mut out);
     out.push_str(r#"","reason":""#);
     out.push_str(reason.as_str());
-    let _ = writeln!(out, r#"","code":{}}}"#, code.as_u16());
+    out.push('"');
+    if let Some(d) = details {
+        out.push_str(r#","details":{"#);
+        let mut first = true;
+        for (key, value) in [("name", d.name), ("group", d.group), ("kind", d.kind)] {
+            if value.is_empty() {
+                continue;
+            }
+            if !std::mem::take(&mut first) {
+                out.push(',');
+            }
+            let _ = write!(out, r#""{key}":""#);
+            escape_json_into(value, &mut out);
+            out.push('"');
+        }
+        if let Some(secs) = d.retry_after_seconds {
+            if !first {
+                out.push(',');
+            }
+            let _ = write!(out, r#""retryAfterSeconds":{secs}"#);
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, r#","code":{}}}"#, code.as_u16());
     out
+}
+
+/// Builds a response carrying a `Status` body with `details`.
+pub fn response_with_details<B: From<Bytes>>(
+    code: StatusCode,
+    reason: Reason,
+    message: &str,
+    details: &Details<'_>,
+) -> Response<B> {
+    let mut resp = response(code, reason, message);
+    *resp.body_mut() = B::from(Bytes::from(body_with_details(
+        code,
+        reason,
+        message,
+        Some(details),
+    )));
+    resp
 }
 
 /// Builds a complete response carrying a `Status` body.
@@ -247,6 +314,34 @@ mod tests {
             "{\"kind\":\"Status\",\"apiVersion\":\"v1\",\"metadata\":{},\"status\":\"Failure\",\
              \"message\":\"error trying to reach \\\"x\\\"\\n\\u0001\",\
              \"reason\":\"InternalError\",\"code\":502}\n"
+        );
+        let d = Details {
+            name: "web",
+            group: "apps",
+            kind: "deployments",
+            retry_after_seconds: None,
+        };
+        let b = body_with_details(StatusCode::FORBIDDEN, Reason::Forbidden, "no", Some(&d));
+        assert!(
+            b.ends_with(
+                "\"reason\":\"Forbidden\",\"details\":{\"name\":\"web\",\"group\":\"apps\",\
+                 \"kind\":\"deployments\"},\"code\":403}\n"
+            ),
+            "{b}"
+        );
+        let d = Details {
+            retry_after_seconds: Some(2),
+            ..Details::default()
+        };
+        let b = body_with_details(
+            StatusCode::TOO_MANY_REQUESTS,
+            Reason::TooManyRequests,
+            "x",
+            Some(&d),
+        );
+        assert!(
+            b.contains("\"details\":{\"retryAfterSeconds\":2},\"code\":429}"),
+            "{b}"
         );
     }
 }

@@ -1293,6 +1293,12 @@ async fn route(
             "MethodNotAllowed",
             &format!("the server does not allow this method on the requested resource ({method})"),
         ),
+        // What RBAC refuses the test service account (--record-rbac marks it).
+        ["", "api", "v1", "namespaces", _, "secrets", ..] => status(
+            403,
+            "Forbidden",
+            "secrets is forbidden: User \"system:serviceaccount:default:app\" cannot get resource \"secrets\"",
+        ),
         _ => status(
             404,
             "NotFound",
