@@ -12,15 +12,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::OnceLock;
 
-use futures::StreamExt;
 use serde_json::Value;
-use support::{Pki, Proxy, World, client, within};
+use support::{Pki, Proxy, World, client, load, within};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const TOKEN: &str = "go-upstream-token-2b9f";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const MANY: usize = 5_000;
-const PARALLEL: usize = 16;
 
 /// The built server, or `None` (and a note) when there is no Go toolchain.
 fn go_apiserver() -> Option<PathBuf> {
@@ -130,27 +128,6 @@ impl Setup {
         assert_eq!(resp.status, 200, "{}", resp.text());
         resp.json()
     }
-
-    fn no_calm(&self) {
-        let log = self.proxy.stderr();
-        assert!(
-            !log.contains("reached limit") && !log.contains("ENHANCE_YOUR_CALM"),
-            "the proxy reset streams past h2's limit:\n{log}"
-        );
-    }
-}
-
-async fn drive<F, Fut>(n: usize, f: F) -> usize
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    futures::stream::iter(0..n)
-        .map(f)
-        .buffer_unordered(PARALLEL)
-        .filter(|ok| std::future::ready(!ok))
-        .count()
-        .await
 }
 
 #[tokio::test]
@@ -158,18 +135,8 @@ async fn five_thousand_lists_from_go_over_one_http2_connection_and_none_fails() 
     let Some(s) = Setup::new(&["-pods=50"], &["--upstream-http2=true"]).await else {
         return;
     };
-    let url = s.proxy.url(PODS);
-    let failed = drive(MANY, |i| {
-        let url = url.clone();
-        async move {
-            let resp = client::get(&url).await;
-            let ok =
-                resp.status == 200 && resp.json()["items"].as_array().map(Vec::len) == Some(50);
-            if !ok {
-                eprintln!("LIST {i}: {} {}", resp.status, resp.text());
-            }
-            ok
-        }
+    let failed = load::get_many(&s.proxy.url(PODS), MANY, |resp| {
+        resp.status == 200 && resp.json()["items"].as_array().map(Vec::len) == Some(50)
     })
     .await;
     assert_eq!(failed, 0, "LISTs failed");
@@ -180,7 +147,7 @@ async fn five_thousand_lists_from_go_over_one_http2_connection_and_none_fails() 
         stats["requests"].as_u64(),
         "{stats}"
     );
-    s.no_calm();
+    load::assert_no_reset_limit(&s.proxy);
 }
 
 #[tokio::test]
@@ -189,20 +156,13 @@ async fn five_thousand_clients_leaving_go_watches_mid_stream_cost_no_goaway() {
         return;
     };
     let url = s.proxy.url(&format!("{PODS}?watch=1"));
-    let failed = drive(MANY, |_| {
-        let url = url.clone();
-        async move {
-            let mut watch = client::get_stream(&url, &[]).await;
-            watch.status == 200 && watch.next_line().await.is_some()
-        }
-    })
-    .await;
+    let failed = load::watch_and_leave_many(&url, MANY).await;
     assert_eq!(failed, 0, "watches failed");
     let stats = s.stats(Some(0)).await;
     assert_eq!(stats["watches_open"], 0, "{stats}");
     assert_eq!(stats["watches_canceled"], MANY, "{stats}");
     assert_eq!(stats["connections"], 1, "{stats}");
-    s.no_calm();
+    load::assert_no_reset_limit(&s.proxy);
 }
 
 #[tokio::test]
@@ -211,17 +171,7 @@ async fn go_s_goaway_after_connection_close_fails_no_request() {
         return;
     };
     let url = s.proxy.url(&format!("{PODS}/pod-1"));
-    let failed = drive(2_000, |i| {
-        let url = url.clone();
-        async move {
-            let resp = client::get(&url).await;
-            if resp.status != 200 {
-                eprintln!("GET {i}: {} {}", resp.status, resp.text());
-            }
-            resp.status == 200
-        }
-    })
-    .await;
+    let failed = load::get_many(&url, 2_000, |resp| resp.status == 200).await;
     assert_eq!(failed, 0, "requests failed across GOAWAYs");
     let stats = s.stats(None).await;
     assert!(stats["connections"].as_u64() > Some(10), "{stats}");

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use futures::StreamExt;
 use http::Version;
-use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, client, within};
+use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, client, load, within};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -22,8 +21,6 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 /// Requests of each kind driven through one upstream connection: past h2's 1,024
 /// locally-reset streams, where a stream reset per response used to end in GOAWAY.
 const MANY: usize = 5_000;
-/// Clients at once.
-const PARALLEL: usize = 16;
 
 async fn setup(opts: FakeApiOptions, args: &[&str]) -> (FakeApi, World, Proxy) {
     let pki = opts.pki.clone();
@@ -33,28 +30,6 @@ async fn setup(opts: FakeApiOptions, args: &[&str]) -> (FakeApi, World, Proxy) {
     (api, world, proxy)
 }
 
-/// Runs `n` calls of `f` with [`PARALLEL`] at a time; returns how many failed.
-async fn drive<F, Fut>(n: usize, f: F) -> usize
-where
-    F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    futures::stream::iter(0..n)
-        .map(f)
-        .buffer_unordered(PARALLEL)
-        .filter(|ok| std::future::ready(!ok))
-        .count()
-        .await
-}
-
-fn no_calm(proxy: &Proxy) {
-    let log = proxy.stderr();
-    assert!(
-        !log.contains("reached limit") && !log.contains("ENHANCE_YOUR_CALM"),
-        "the proxy reset streams past h2's limit:\n{log}"
-    );
-}
-
 #[tokio::test]
 async fn lists_whose_end_stream_comes_in_a_frame_of_its_own_never_fail_nor_reset() {
     let (api, _world, proxy) = setup(
@@ -62,18 +37,8 @@ async fn lists_whose_end_stream_comes_in_a_frame_of_its_own_never_fail_nor_reset
         &["--upstream-http2=true"],
     )
     .await;
-    let url = proxy.url(PODS);
-    let failed = drive(MANY, |i| {
-        let url = url.clone();
-        async move {
-            let resp = client::get(&url).await;
-            let ok =
-                resp.status == 200 && resp.json()["items"].as_array().map(Vec::len) == Some(20);
-            if !ok {
-                eprintln!("LIST {i}: {} {}", resp.status, resp.text());
-            }
-            ok
-        }
+    let failed = load::get_many(&proxy.url(PODS), MANY, |resp| {
+        resp.status == 200 && resp.json()["items"].as_array().map(Vec::len) == Some(20)
     })
     .await;
     assert_eq!(failed, 0, "LISTs failed");
@@ -87,7 +52,7 @@ async fn lists_whose_end_stream_comes_in_a_frame_of_its_own_never_fail_nor_reset
         0,
         "a complete response was reset instead of read to END_STREAM"
     );
-    no_calm(&proxy);
+    load::assert_no_reset_limit(&proxy);
 }
 
 #[tokio::test]
@@ -97,14 +62,7 @@ async fn clients_leaving_mid_response_never_make_the_proxy_goaway_its_connection
     // A watch from resourceVersion 0 starts with an ADDED event per pod and then stays
     // open: each client reads the first event and leaves, mid-response.
     let url = proxy.url(&format!("{PODS}?watch=1&resourceVersion=0"));
-    let failed = drive(MANY, |_| {
-        let url = url.clone();
-        async move {
-            let mut watch = client::get_stream(&url, &[]).await;
-            watch.status == 200 && watch.next_line().await.is_some()
-        }
-    })
-    .await;
+    let failed = load::watch_and_leave_many(&url, MANY).await;
     assert_eq!(failed, 0, "watches failed");
     within(
         "every abandoned watch to end upstream",
@@ -118,7 +76,7 @@ async fn clients_leaving_mid_response_never_make_the_proxy_goaway_its_connection
         1,
         "the same connection throughout"
     );
-    no_calm(&proxy);
+    load::assert_no_reset_limit(&proxy);
 }
 
 #[tokio::test]
@@ -129,17 +87,7 @@ async fn a_goaway_after_every_fiftieth_response_fails_no_request() {
     )
     .await;
     let url = proxy.url(&format!("{PODS}/pod-0"));
-    let failed = drive(2_000, |i| {
-        let url = url.clone();
-        async move {
-            let resp = client::get(&url).await;
-            if resp.status != 200 {
-                eprintln!("GET {i}: {} {}", resp.status, resp.text());
-            }
-            resp.status == 200
-        }
-    })
-    .await;
+    let failed = load::get_many(&url, 2_000, |resp| resp.status == 200).await;
     assert_eq!(failed, 0, "requests failed across GOAWAYs");
     assert!(api.goaways_sent() >= 10, "{}", api.goaways_sent());
     assert!(api.h2_connections_total() > 1);
@@ -219,26 +167,23 @@ impl Refuser {
     }
 }
 
+/// The proxy in front of an HTTPS server at `addr` whose CA is `pki`'s, every request
+/// over HTTP/2, with `extra` flags.
+async fn proxy_to(addr: SocketAddr, pki: &Pki, extra: &[&str]) -> (World, Proxy) {
+    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
+    let server = format!("--server=https://127.0.0.1:{}", addr.port());
+    let ca = format!("--certificate-authority={}", world.ca_path().display());
+    let token = format!("--token={TOKEN}");
+    let mut args = vec!["--port=0", &server, &ca, &token, "--upstream-http2=true"];
+    args.extend_from_slice(extra);
+    let proxy = Proxy::start(&args, &[]).await;
+    (world, proxy)
+}
+
 async fn refuser_proxy(refuse: usize) -> (Refuser, World, Proxy) {
     let pki = Pki::new();
     let refuser = Refuser::start(&pki, refuse).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let server = format!("--server=https://127.0.0.1:{}", refuser.addr.port());
-    let ca = format!(
-        "--certificate-authority={}",
-        world.sa_dir().join("ca.crt").display()
-    );
-    let proxy = Proxy::start(
-        &[
-            "--port=0",
-            &server,
-            &ca,
-            &format!("--token={TOKEN}"),
-            "--upstream-http2=true",
-        ],
-        &[],
-    )
-    .await;
+    let (world, proxy) = proxy_to(refuser.addr, &pki, &[]).await;
     (refuser, world, proxy)
 }
 
@@ -338,24 +283,7 @@ async fn a_frozen_connection_is_found_dead_and_the_request_goes_to_a_fresh_one()
     let pki = Pki::new();
     let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
     let relay = Relay::start(api.addr()).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let server = format!("--server=https://127.0.0.1:{}", relay.addr.port());
-    let ca = format!(
-        "--certificate-authority={}",
-        world.sa_dir().join("ca.crt").display()
-    );
-    let proxy = Proxy::start(
-        &[
-            "--port=0",
-            &server,
-            &ca,
-            &format!("--token={TOKEN}"),
-            "--upstream-http2=true",
-            "--upstream-ping-timeout=2s",
-        ],
-        &[],
-    )
-    .await;
+    let (_world, proxy) = proxy_to(relay.addr, &pki, &["--upstream-ping-timeout=2s"]).await;
     let url = proxy.url(&format!("{PODS}/pod-0"));
     assert_eq!(client::get(&url).await.status, 200);
     assert_eq!(api.h2_connections_total(), 1);

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod fake_api;
+pub mod load;
 pub mod pki;
 // The binary's path (`CARGO_BIN_EXE_*`) is only known to integration tests, not to examples.
 #[cfg(test)]
