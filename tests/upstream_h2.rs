@@ -6,15 +6,16 @@
 
 mod support;
 
+use support::relay::Relay;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::Version;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, client, load, within};
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const TOKEN: &str = "upstream-h2-token-51c0";
 const PODS: &str = "/api/v1/namespaces/default/pods";
@@ -213,81 +214,17 @@ async fn a_refused_request_with_a_body_is_not_sent_again() {
     );
 }
 
-// ---- a relay that can freeze its connections: sockets open, nothing moves ----
-
-struct Relay {
-    addr: SocketAddr,
-    frozen: Arc<AtomicBool>,
-}
-
-impl Relay {
-    /// Forwards to `target`; once frozen, connections open before stop moving bytes
-    /// (a black-holed path), while new connections are relayed normally.
-    async fn start(target: SocketAddr) -> Relay {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let frozen = Arc::new(AtomicBool::new(false));
-        let flag = frozen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((client, _)) = listener.accept().await else {
-                    return;
-                };
-                // Connections accepted after a freeze are the fresh path.
-                let exempt = flag.load(Ordering::SeqCst);
-                let freeze = (!exempt).then(|| flag.clone());
-                tokio::spawn(relay(client, target, freeze));
-            }
-        });
-        Relay { addr, frozen }
-    }
-}
-
-async fn relay(client: TcpStream, target: SocketAddr, freeze: Option<Arc<AtomicBool>>) {
-    let Ok(server) = TcpStream::connect(target).await else {
-        return;
-    };
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let f1 = freeze.clone();
-    let up = async move { pump(&mut cr, &mut sw, &f1).await };
-    let down = async move { pump(&mut sr, &mut cw, &freeze).await };
-    tokio::join!(up, down);
-}
-
-/// Copies until EOF; once `freeze` is set, holds everything read (the sockets stay open).
-async fn pump(
-    from: &mut tokio::net::tcp::OwnedReadHalf,
-    to: &mut tokio::net::tcp::OwnedWriteHalf,
-    freeze: &Option<Arc<AtomicBool>>,
-) {
-    use tokio::io::AsyncReadExt;
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if freeze.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
-            // Black hole: keep reading so the sender never sees back-pressure or a close.
-            continue;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_frozen_connection_is_found_dead_and_the_request_goes_to_a_fresh_one() {
     let pki = Pki::new();
     let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
-    let relay = Relay::start(api.addr()).await;
-    let (_world, proxy) = proxy_to(relay.addr, &pki, &["--upstream-ping-timeout=2s"]).await;
+    let relay = Relay::start(api.port()).await;
+    let relay_addr = SocketAddr::from(([127, 0, 0, 1], relay.port));
+    let (_world, proxy) = proxy_to(relay_addr, &pki, &["--upstream-ping-timeout=2s"]).await;
     let url = proxy.url(&format!("{PODS}/pod-0"));
     assert_eq!(client::get(&url).await.status, 200);
     assert_eq!(api.h2_connections_total(), 1);
-    relay.frozen.store(true, Ordering::SeqCst);
+    relay.freeze();
     // Waits for its headers, has the silent connection pinged, gets no PONG, and is sent
     // again on a new connection: well within the wait bound, not the 45 s of a
     // 30 s + 15 s keep-alive.

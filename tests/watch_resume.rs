@@ -9,6 +9,8 @@
 
 mod support;
 
+use support::relay::Relay;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -502,78 +504,6 @@ async fn soak_events_expected_and_received_across_disruptions() {
         got.len()
     );
     assert_eq!(got, sent);
-}
-
-/// A TCP relay in front of the fake API server that can freeze the connections it
-/// carries: sockets stay open, nothing moves (a black-holed connection). Connections made
-/// after a freeze are not frozen.
-struct Relay {
-    port: u16,
-    freezes: tokio::sync::watch::Sender<u64>,
-    _accept: client::AbortOnDrop,
-}
-
-impl Relay {
-    async fn start(to: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("relay bind");
-        let port = listener.local_addr().expect("relay addr").port();
-        let freezes = tokio::sync::watch::Sender::new(0u64);
-        let tx = freezes.clone();
-        let accept = tokio::spawn(async move {
-            while let Ok((down, _)) = listener.accept().await {
-                let Ok(up) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
-                    continue;
-                };
-                let epoch = *tx.borrow();
-                let (dr, dw) = down.into_split();
-                let (ur, uw) = up.into_split();
-                tokio::spawn(pump(dr, uw, tx.subscribe(), epoch));
-                tokio::spawn(pump(ur, dw, tx.subscribe(), epoch));
-            }
-        });
-        Relay {
-            port,
-            freezes,
-            _accept: client::AbortOnDrop(accept),
-        }
-    }
-
-    /// Freezes every connection open now.
-    fn freeze(&self) {
-        self.freezes.send_modify(|g| *g += 1);
-    }
-}
-
-/// Copies one direction until the connection ends or is frozen (then holds it for ever).
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    mut freezes: tokio::sync::watch::Receiver<u64>,
-    epoch: u64,
-) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut buf = vec![0; 16 * 1024];
-    loop {
-        // The freeze is checked first: nothing read after it is passed on.
-        tokio::select! {
-            biased;
-            () = async { drop(freezes.wait_for(|g| *g > epoch).await) } => break,
-            n = from.read(&mut buf) => {
-                let n = match n {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if to.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-    // Frozen: keep both halves open, move nothing.
-    std::future::pending::<()>().await;
-    drop((from, to));
 }
 
 /// A dead upstream connection (frozen: no FIN, no RST) is found by the HTTP/2 pool's ping

@@ -13,6 +13,7 @@ pub mod pki;
 // The binary's path (`CARGO_BIN_EXE_*`) is only known to integration tests, not to examples.
 #[cfg(test)]
 pub mod proxy;
+pub mod relay;
 pub mod world;
 
 use std::future::Future;
