@@ -8,7 +8,6 @@ mod support;
 
 use support::fake_jwt;
 
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,25 +33,8 @@ const TOKEN_CHANGED: &str = r#"kube_ambassador_token_reloads_total{result="chang
 const CA_CHANGED: &str = r#"kube_ambassador_ca_reloads_total{result="changed"}"#;
 const EXPIRY: &str = "kube_ambassador_token_expiry_timestamp_seconds";
 
-/// A port that was free a moment ago (`--admin-address` has no `:0` that could be read
-/// back, so the test picks one). Taken from below the kernel's ephemeral range, so no
-/// `bind(:0)` or outgoing connection of a test running alongside can take it meanwhile.
 fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let (low, span) = (20_000u16, ephemeral_low.saturating_sub(20_000).max(1));
-    // A different starting point per test process, then consecutive candidates.
-    let seed = (std::process::id() % u32::from(span)) as u16;
-    for _ in 0..span {
-        let port = low + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {low} and {}", low + span);
+    support::free_port_from(20000)
 }
 
 /// The fake API server, a world and a proxy with an admin listener; returns the admin

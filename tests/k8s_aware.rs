@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU16, Ordering};
-
 use serde_json::Value;
 use support::client;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
@@ -12,18 +10,8 @@ use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 const TOKEN: &str = "k8s-aware-token";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 
-/// A port free a moment ago, below the ephemeral range (as tests/admin.rs picks them).
 fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let (low, span) = (20_000u16, 12_000u16);
-    let seed = (std::process::id() % u32::from(span)) as u16;
-    for _ in 0..span {
-        let port = low + (seed.wrapping_add(7919) + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
+    support::free_port_from(23000)
 }
 
 /// The fake API server, a service account in namespace `default`, and the proxy with an

@@ -13,7 +13,6 @@ use support::relay::Relay;
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -625,23 +624,6 @@ async fn next_line(
         .expect("kubectl exited")
 }
 
-/// A port that was free a moment ago, below the kernel's ephemeral range so that no
-/// `bind(:0)` or outgoing connection of a test running alongside can take it meanwhile
-/// (as in tests/admin.rs; `--admin-address` cannot be read back either).
 fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    // Another stretch than tests/admin.rs's start, should both binaries run at once.
-    let (low, span) = (26_000u16, ephemeral_low.saturating_sub(26_000).max(1));
-    let seed = (std::process::id() % u32::from(span)) as u16;
-    for _ in 0..span {
-        let port = low + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port");
+    support::free_port_from(26000)
 }

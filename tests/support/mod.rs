@@ -202,3 +202,26 @@ pub fn kubectl(what: &str) -> Option<std::path::PathBuf> {
     }
     found
 }
+
+/// A port that was free a moment ago, taken from `low` up to the kernel's ephemeral range,
+/// so that no `bind(:0)` or outgoing connection of a test running alongside can take it
+/// meanwhile (`--admin-address` has no `:0` that could be read back). Each test binary
+/// passes its own `low`, should several run at once.
+pub fn free_port_from(low: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let span = ephemeral_low.saturating_sub(low).max(1);
+    // A different starting point per test process, then consecutive candidates.
+    let seed = (std::process::id() % u32::from(span)) as u16;
+    for _ in 0..span {
+        let port = low + (seed + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {low} and {}", low + span);
+}
