@@ -36,48 +36,12 @@ pub enum ProxyBody {
 /// A response stream with extras: it may end at shutdown (a watch), count as an active
 /// watch, and write an access-log line when it is done.
 pub struct Tracked {
-    pub inner: Inner,
+    pub inner: UpstreamBody,
     /// When this resolves the stream ends cleanly, so a watch client sees a normal end
     /// and re-establishes the watch elsewhere.
     pub stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     pub watch: Option<GaugeGuard>,
     pub log: Option<AccessLog>,
-}
-
-/// The upstream stream a [`Tracked`] body reads: passed through, or a JSON watch that is
-/// resumed when its upstream ends early (`watch.rs`).
-pub enum Inner {
-    Upstream(UpstreamBody),
-    Resuming(Box<crate::watch::Resuming>),
-}
-
-impl Body for Inner {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            Inner::Upstream(b) => Pin::new(b).poll_frame(cx),
-            Inner::Resuming(b) => Pin::new(b.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Inner::Upstream(b) => b.is_end_stream(),
-            Inner::Resuming(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Inner::Upstream(b) => b.size_hint(),
-            Inner::Resuming(b) => b.size_hint(),
-        }
-    }
 }
 
 /// One access-log line, written when the response body is finished or dropped.
@@ -226,10 +190,12 @@ impl Body for ProxyBody {
     }
 }
 
-/// A response body from the API server, over either protocol.
+/// A response body from the API server: over either protocol, or a JSON watch that is
+/// resumed when its upstream stream ends early (`watch.rs`).
 pub enum UpstreamBody {
     Http1(Incoming),
     Http2(RecvBody),
+    Resumed(Box<crate::watch::Resuming>),
 }
 
 impl Body for UpstreamBody {
@@ -243,6 +209,7 @@ impl Body for UpstreamBody {
         match self.get_mut() {
             UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
             UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Resumed(b) => Pin::new(b.as_mut()).poll_frame(cx),
         }
     }
 
@@ -250,6 +217,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Http1(b) => b.is_end_stream(),
             UpstreamBody::Http2(b) => b.is_end_stream(),
+            UpstreamBody::Resumed(b) => b.is_end_stream(),
         }
     }
 
@@ -257,6 +225,7 @@ impl Body for UpstreamBody {
         match self {
             UpstreamBody::Http1(b) => b.size_hint(),
             UpstreamBody::Http2(b) => b.size_hint(),
+            UpstreamBody::Resumed(b) => b.size_hint(),
         }
     }
 }

@@ -13,7 +13,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::body::{AccessLog, Inner, ProxyBody, Tracked, UpstreamBody};
+use crate::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::filter::Filter;
@@ -187,7 +187,7 @@ impl Proxy {
                         unreachable!("matched above")
                     };
                     *body = ProxyBody::Tracked(Box::new(Tracked {
-                        inner: Inner::Upstream(inner),
+                        inner,
                         stop: None,
                         watch: None,
                         log: Some(log),
@@ -548,13 +548,13 @@ impl Proxy {
         let body = if long_lived {
             let inner = match plan {
                 Some(plan) if crate::watch::resumable_response(parts.status, &parts.headers) => {
-                    Inner::Resuming(Box::new(crate::watch::Resuming::new(
+                    UpstreamBody::Resumed(Box::new(crate::watch::Resuming::new(
                         self.clone(),
                         plan,
                         body,
                     )))
                 }
-                _ => Inner::Upstream(body),
+                _ => body,
             };
             ProxyBody::Tracked(Box::new(Tracked {
                 inner,
