@@ -141,8 +141,8 @@ pub fn response<B: From<Bytes>>(code: StatusCode, reason: Reason, message: &str)
 }
 
 /// A plain-text response as Go's `http.Error` writes it (kubectl's 403 and 404).
-pub fn text<B: From<Bytes>>(code: StatusCode, body: &'static str) -> Response<B> {
-    let mut resp = Response::new(B::from(Bytes::from_static(body.as_bytes())));
+pub fn text<B: From<Bytes>>(code: StatusCode, body: impl Into<Bytes>) -> Response<B> {
+    let mut resp = Response::new(B::from(body.into()));
     *resp.status_mut() = code;
     let h = resp.headers_mut();
     h.insert(
@@ -235,18 +235,7 @@ pub fn for_discovery(resp: Response<ProxyBody>) -> Response<ProxyBody> {
         .ok()
         .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
         .unwrap_or_default();
-    let mut text = Response::new(ProxyBody::from(Bytes::from(format!("{message}\n"))));
-    *text.status_mut() = StatusCode::BAD_GATEWAY;
-    let h = text.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    text
+    text(StatusCode::BAD_GATEWAY, format!("{message}\n"))
 }
 
 pub(crate) fn html_escape_into(s: &str, out: &mut String) {

@@ -795,6 +795,33 @@ async fn failures_rotation_and_shutdown() {
     run(cases::lifecycle_groups()).await;
 }
 
+/// `kubectl proxy` and kube-ambassador side by side, each on a port of its own, with one
+/// kubeconfig for `server` (trusting `ca`) and a `HOME` of the world's; kubectl's
+/// address comes back with them.
+async fn both_for(
+    kubectl: &Path,
+    world: &World,
+    server: &str,
+    ca: &Path,
+) -> (Kubectl, Proxy, std::net::SocketAddr) {
+    let kubeconfig = world.kubeconfig(server, ca, TOKEN);
+    let home = world.base().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let kc = format!("--kubeconfig={}", kubeconfig.display());
+    let home_str = home.display().to_string();
+    let k_args = ["--port=0".to_owned()];
+    let o_args = [kc.as_str(), "--port=0"];
+    let o_env = [("HOME", home_str.as_str())];
+    let (k, ours) = tokio::join!(
+        Kubectl::start(kubectl, &kubeconfig, &home, &k_args),
+        Proxy::start(&o_args, &o_env),
+    );
+    let Addr::Tcp(k_addr) = k.addr else {
+        unreachable!("kubectl proxy listens on TCP here")
+    };
+    (k, ours, k_addr)
+}
+
 /// Watches: kubectl (Go's reverse proxy) flushes a response without a length at every
 /// write, as we do; its 200 ms flush interval is for responses with one. So an event
 /// reaches the client at once through both (a 200 ms timer would delay every isolated
@@ -808,21 +835,7 @@ async fn watch_events_are_streamed_at_once_by_both() {
     let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[TOKEN])).await;
     let world = World::new();
     let ca = world.file("ca.crt", &pki.ca_pem());
-    let kubeconfig = world.kubeconfig(&api.url(), &ca, TOKEN);
-    let home = world.base().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let kc = format!("--kubeconfig={}", kubeconfig.display());
-    let home_str = home.display().to_string();
-    let k_args = ["--port=0".to_owned()];
-    let o_args = [kc.as_str(), "--port=0"];
-    let o_env = [("HOME", home_str.as_str())];
-    let (k, ours) = tokio::join!(
-        Kubectl::start(&kubectl, &kubeconfig, &home, &k_args),
-        Proxy::start(&o_args, &o_env),
-    );
-    let Addr::Tcp(k_addr) = k.addr else {
-        unreachable!()
-    };
+    let (_k, ours, k_addr) = both_for(&kubectl, &world, &api.url(), &ca).await;
     let path = "/api/v1/namespaces/default/pods?watch=1&resourceVersion=1";
     let mut k_watch = support::client::get_stream(&format!("http://{k_addr}{path}"), &[]).await;
     let mut o_watch = support::client::get_stream(&ours.url(path), &[]).await;
@@ -880,21 +893,8 @@ async fn with_the_api_server_down_kubectl_shows_the_cause_through_both() {
     drop(dead);
     let pki = Pki::new();
     let ca = world.file("ca.crt", &pki.ca_pem());
-    let kubeconfig = world.kubeconfig(&dead_url, &ca, TOKEN);
+    let (_k, ours, k_addr) = both_for(&kubectl, &world, &dead_url, &ca).await;
     let home = world.base().join("home");
-    std::fs::create_dir_all(&home).unwrap();
-    let kc = format!("--kubeconfig={}", kubeconfig.display());
-    let home_str = home.display().to_string();
-    let k_args = ["--port=0".to_owned()];
-    let o_args = [kc.as_str(), "--port=0"];
-    let o_env = [("HOME", home_str.as_str())];
-    let (k, ours) = tokio::join!(
-        Kubectl::start(&kubectl, &kubeconfig, &home, &k_args),
-        Proxy::start(&o_args, &o_env),
-    );
-    let Addr::Tcp(k_addr) = k.addr else {
-        unreachable!()
-    };
     let get_pods = |server: String, cache: &str| {
         let mut cmd = std::process::Command::new(&kubectl);
         cmd.arg(format!("--server=http://{server}"))
