@@ -303,9 +303,16 @@ impl H2Pool {
     /// last-stream-id: RFC 9113 §8.7) goes to another connection whatever its method; one
     /// lost with its connection before response headers is sent again once if it is
     /// idempotent and has no body. Nothing else is retried.
-    pub async fn send(&self, mut req: Request<ProxyBody>) -> Result<Sent, H2Error> {
-        let bodiless = req.body().is_end_stream();
-        let mut lost_retry = bodiless && idempotent(req.method());
+    ///
+    /// `replay` holds the headers of a bodiless request (the caller's one copy): what it
+    /// takes to send it again. A request without it is sent once.
+    pub async fn send(
+        &self,
+        mut req: Request<ProxyBody>,
+        replay: Option<&HeaderMap>,
+    ) -> Result<Sent, H2Error> {
+        let replay = replay.filter(|_| req.body().is_end_stream());
+        let mut lost_retry = replay.is_some() && idempotent(req.method());
         let mut last = None;
         for _ in 0..ATTEMPTS {
             if self.http1_only.load(Ordering::Acquire) {
@@ -320,9 +327,10 @@ impl H2Pool {
                     None => return Ok(Sent::Http1(req)),
                 },
             };
-            // A bodiless request's head is kept for another attempt; a body is never
+            // What another attempt would need: method and URI (cheap, shared buffers) and
+            // the caller's headers, copied only if that attempt happens. A body is never
             // kept, so a request with one is sent once.
-            let copy = bodiless.then(|| head_copy(&req));
+            let copy = replay.map(|headers| (req.method().clone(), req.uri().clone(), headers));
             let again = match self.attempt(&conn, slot, req).await {
                 Ok(resp) => return Ok(Sent::Response(resp)),
                 Err(Failed::NotSent(back)) => *back,
@@ -333,7 +341,7 @@ impl H2Pool {
                             "request refused unprocessed ({e}); trying another connection"
                         );
                         last = Some(e);
-                        copy
+                        rebuild(copy)
                     }
                     None => return Err(e),
                 },
@@ -345,7 +353,7 @@ impl H2Pool {
                         );
                         lost_retry = false;
                         last = Some(e);
-                        copy
+                        rebuild(copy)
                     }
                     None => return Err(e),
                 },
@@ -649,31 +657,14 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// What it takes to build the request again.
-struct Head {
-    method: Method,
-    uri: http::Uri,
-    headers: HeaderMap,
-}
-
-impl Head {
-    fn with_body(self, body: ProxyBody) -> Request<ProxyBody> {
-        let mut req = Request::new(body);
-        *req.method_mut() = self.method;
-        *req.uri_mut() = self.uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = self.headers;
-        req
-    }
-}
-
-fn head_copy(req: &Request<ProxyBody>) -> Request<ProxyBody> {
-    Head {
-        method: req.method().clone(),
-        uri: req.uri().clone(),
-        headers: req.headers().clone(),
-    }
-    .with_body(ProxyBody::empty())
+/// A bodiless request built again from its method, URI and headers.
+fn rebuild((method, uri, headers): (Method, http::Uri, &HeaderMap)) -> Request<ProxyBody> {
+    let mut req = Request::new(ProxyBody::empty());
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers.clone();
+    req
 }
 
 /// The request head as HTTP/2 carries it: no `Host` (`:authority` comes from the URI),

@@ -445,7 +445,7 @@ impl Proxy {
         let again = replay
             .filter(|_| idempotent(req.method()))
             .map(|headers| (req.method().clone(), req.uri().clone(), headers));
-        let mut result = self.dispatch(req, long_lived).await;
+        let mut result = self.dispatch(req, replay, long_lived).await;
         if let Some((method, uri, headers)) = again {
             for _ in 0..STALE_CONNECTION_RETRIES {
                 match &result {
@@ -454,7 +454,7 @@ impl Proxy {
                             "kept-alive connection closed by the API server ({e}); sending again"
                         );
                         let req = build(&method, &uri, headers.clone(), ProxyBody::empty());
-                        result = self.dispatch(req, long_lived).await;
+                        result = self.dispatch(req, Some(headers), long_lived).await;
                     }
                     _ => break,
                 }
@@ -464,10 +464,12 @@ impl Proxy {
     }
 
     /// One attempt: over HTTP/2 when enabled for this kind of request and the server
-    /// speaks it, else HTTP/1.1. (The HTTP/2 pool retries what it safely can itself.)
+    /// speaks it, else HTTP/1.1. (The HTTP/2 pool retries what it safely can itself, from
+    /// `replay`: the headers of a bodiless request, the one copy the caller keeps.)
     pub(crate) async fn dispatch(
         &self,
         req: Request<ProxyBody>,
+        replay: Option<&HeaderMap>,
         long_lived: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
         let req = match &self.h2 {
@@ -475,7 +477,7 @@ impl Proxy {
             // would otherwise enlarge every request's future, the short HTTP/1.1 ones
             // included (see `future_size`).
             Some(pool) if long_lived || self.h2_policy == Http2Policy::Always => {
-                match Box::pin(pool.send(req)).await? {
+                match Box::pin(pool.send(req, replay)).await? {
                     Sent::Response(resp) => return Ok(resp.map(UpstreamBody::Http2)),
                     Sent::Http1(req) => req,
                 }
@@ -503,11 +505,11 @@ impl Proxy {
         let sent = self.rewrite_request_headers(&mut headers, peer, auth);
         let ours = sent.is_some();
         // A request without a body can be sent again: after a 401 if a newer credential
-        // shows up, and (idempotent ones) after meeting a connection the server had
-        // closed. One header-map copy serves both; no body is ever kept.
+        // shows up, after the API server refused it unprocessed (any method, HTTP/2), and
+        // (idempotent ones) after meeting a connection that had closed. One header-map
+        // copy serves all three; no body is ever kept.
         let renewable = sent.is_some() && self.creds.can_change();
-        let replay = (body.is_end_stream() && (renewable || idempotent(&parts.method)))
-            .then(|| headers.clone());
+        let replay = body.is_end_stream().then(|| headers.clone());
         let method = parts.method;
         // `--watch-resume`: what a re-watch needs; the first request may ask for bookmarks.
         let mut plan = resume
@@ -582,7 +584,7 @@ impl Proxy {
         }
         let req = build(&Method::GET, &target, headers, ProxyBody::empty());
         // Over the connections requests use (HTTP/2 where the server speaks it).
-        match self.dispatch(req, false).await {
+        match self.dispatch(req, None, false).await {
             Ok(_) => self.metrics.upstream_answered(),
             Err(e) => {
                 let (_, _, kind, what) = classify(&e);
