@@ -22,9 +22,9 @@
 
 use std::hint::black_box;
 
-use kube_ambassador::attributes::parse;
+use kube_ambassador::access::attributes::parse;
+use kube_ambassador::access::policy::Policy;
 use kube_ambassador::metrics::Metrics;
-use kube_ambassador::policy::Policy;
 
 /// What the app sends: (method, decoded path, raw query).
 const MIX: [(&str, &str, Option<&str>); 10] = [

@@ -16,10 +16,10 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::attributes::Attributes;
-use crate::budget::Budget;
+use crate::access::attributes::Attributes;
+use crate::access::budget::Budget;
+use crate::access::intern::{Interner, hash_parts};
 use crate::credentials::Reload;
-use crate::intern::{Interner, hash_parts};
 use crate::reload::ReloadObserver;
 
 const METHODS: [&str; 8] = [
@@ -809,11 +809,11 @@ mod tests {
             .map(|i| format!("/apis/g{i}.example.com/v1/things"))
             .collect();
         for p in &paths {
-            let a = crate::attributes::parse("GET", p, None);
+            let a = crate::access::attributes::parse("GET", p, None);
             let l = m.api_labels(&a);
             m.api_request(l, 200, Duration::from_millis(1));
         }
-        let a = crate::attributes::parse("GET", "/apis/g0.example.com/v1/things", None);
+        let a = crate::access::attributes::parse("GET", "/apis/g0.example.com/v1/things", None);
         m.api_request(m.api_labels(&a), 200, Duration::from_millis(1));
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &m.registry()).unwrap();

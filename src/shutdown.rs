@@ -159,11 +159,6 @@ impl Default for Signals {
     }
 }
 
-/// Waits for SIGTERM or SIGINT (handlers installed on the first poll: prefer [`Signals`]).
-pub async fn signal() -> Signal {
-    Signals::new().recv().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

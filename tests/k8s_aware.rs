@@ -617,7 +617,7 @@ async fn record_rbac_rewrites_the_file_while_running() {
 /// what the demo app does (list pods, /version) and nothing else.
 #[test]
 fn the_manifests_policy_configmap_is_a_valid_policy() {
-    use kube_ambassador::attributes::parse;
+    use kube_ambassador::access::attributes::parse;
     #[derive(serde::Deserialize)]
     struct ConfigMap {
         data: std::collections::BTreeMap<String, String>,
@@ -627,7 +627,8 @@ fn the_manifests_policy_configmap_is_a_valid_policy() {
         "/manifests/policy-configmap.yaml"
     );
     let cm: ConfigMap = serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let policy = kube_ambassador::policy::Policy::parse(&cm.data["policy.yaml"], "demo").unwrap();
+    let policy =
+        kube_ambassador::access::policy::Policy::parse(&cm.data["policy.yaml"], "demo").unwrap();
     assert!(policy.allows(&parse("GET", "/api/v1/namespaces/demo/pods", None)));
     assert!(policy.allows(&parse("GET", "/version", None)));
     assert!(!policy.allows(&parse("GET", "/api/v1/namespaces/demo/secrets", None)));

@@ -26,9 +26,9 @@
 #![no_main]
 
 use http::{Method, Uri};
-use kube_ambassador::filter::{DEFAULT_REJECT_PATHS, Filter, FilterSpec};
+use kube_ambassador::proxy::filter::{DEFAULT_REJECT_PATHS, Filter, FilterSpec};
 use kube_ambassador::proxy::upstream_path_and_query;
-use kube_ambassador::router::{ApiPrefix, Route, percent_decode};
+use kube_ambassador::proxy::router::{ApiPrefix, Route, percent_decode};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 
@@ -149,7 +149,7 @@ fuzz_target!(|data: &[u8]| {
                 );
                 #[cfg(feature = "strict-upstream")]
                 if decision {
-                    use kube_ambassador::router::clean_path;
+                    use kube_ambassador::proxy::router::clean_path;
                     let cleaned = clean_path(&seen);
                     let below = if base.is_empty() {
                         Some(&*cleaned)

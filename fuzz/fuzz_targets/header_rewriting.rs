@@ -26,7 +26,7 @@
 #![no_main]
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use kube_ambassador::headers::{
+use kube_ambassador::proxy::headers::{
     append_forwarded_for, is_upgrade, strip_hop_by_hop, strip_trailers,
 };
 use libfuzzer_sys::fuzz_target;

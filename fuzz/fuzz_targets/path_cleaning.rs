@@ -13,7 +13,7 @@
 //!   with `/`, and `decoded` is its percent-decoding.
 #![no_main]
 
-use kube_ambassador::router::{ApiPrefix, Route, clean_path, percent_decode};
+use kube_ambassador::proxy::router::{ApiPrefix, Route, clean_path, percent_decode};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 

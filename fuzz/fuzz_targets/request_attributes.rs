@@ -15,8 +15,8 @@
 #![no_main]
 
 use http::{Method, Uri};
-use kube_ambassador::attributes::{Attributes, parse};
-use kube_ambassador::router::{ApiPrefix, Route};
+use kube_ambassador::access::attributes::{Attributes, parse};
+use kube_ambassador::proxy::router::{ApiPrefix, Route};
 use libfuzzer_sys::fuzz_target;
 use std::sync::LazyLock;
 

@@ -143,7 +143,6 @@ pub struct AuthProvider {
 pub struct Context {
     pub cluster: Option<String>,
     pub user: Option<String>,
-    pub namespace: Option<String>,
 }
 
 /// Kubeconfig problems, with the file or name involved.

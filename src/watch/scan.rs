@@ -53,11 +53,6 @@ impl Scanner {
         self.sound && !self.terminal && !self.opaque
     }
 
-    /// The last position seen.
-    pub fn resource_version(&self) -> &str {
-        &self.rv
-    }
-
     pub(super) fn new_stream(&mut self) {
         self.stream_lines = 0;
         self.first_is_error = false;

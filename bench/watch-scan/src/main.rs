@@ -48,6 +48,6 @@ fn main() {
         "{n} events of {len} bytes{}: {:.0} ns/event, last resourceVersion {}",
         if split { " (split in two chunks)" } else { "" },
         took.as_nanos() as f64 / n as f64,
-        scanner.resource_version()
+        scanner.rv
     );
 }

@@ -13,9 +13,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tower_service::Service as _;
 
-use crate::body::ProxyBody;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::status::{self, Reason};
 use crate::proxy::{Peer, Proxy};
-use crate::status::{self, Reason};
 
 pub async fn forward(
     proxy: &Proxy,

@@ -87,7 +87,7 @@ impl Filter {
         if !self.decide(method, path, host) {
             return false;
         }
-        match crate::router::resolve_segments(path) {
+        match crate::proxy::router::resolve_segments(path) {
             (_, true) => false,
             (cleaned, false) => cleaned == path || self.decide(method, &cleaned, host),
         }

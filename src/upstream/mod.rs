@@ -7,6 +7,8 @@
 //! server's concurrent-stream limit. With `--upstream-http2`, requests go to `h2pool`
 //! first, and come here only if the server declines HTTP/2.
 
+pub(crate) mod h2pool;
+
 use std::time::Duration;
 
 use std::future::Future;
@@ -19,13 +21,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use crate::body::BoxError;
+use crate::proxy::body::BoxError;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 
-use crate::body::ProxyBody;
 use crate::config::Upstream;
+use crate::proxy::body::ProxyBody;
 use crate::tls::Tls;
 
 /// hyper-rustls over TCP, with one deadline for TCP connect *and* TLS handshake: a

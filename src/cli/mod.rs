@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::credentials::Secret;
-use crate::filter;
+use crate::proxy::filter;
 
 /// kubectl proxy's port; `--unix-socket` may only be combined with this one.
 pub const DEFAULT_PORT: u16 = 8001;
@@ -282,7 +282,7 @@ pub struct Cli {
     /// connection counts as one more. The default leaves a sidecar's app room for
     /// thousands of watches (about 10 KiB each) while bounding what it can make the
     /// proxy hold: a response nobody reads pins over a MiB.
-    #[arg(long, default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N", help_heading = OURS)]
+    #[arg(long, default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS, value_name = "N", help_heading = OURS)]
     pub max_connections: usize,
 
     /// How long a client may take to send a request's headers, and how long an idle

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
-use crate::h2pool::RecvBody;
-use crate::headers;
 use crate::metrics::GaugeGuard;
+use crate::proxy::headers;
+use crate::upstream::h2pool::RecvBody;
 use crate::www::FileBody;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -68,8 +68,8 @@ pub struct ApiFields {
     pub name: String,
 }
 
-impl From<&crate::attributes::Attributes<'_>> for ApiFields {
-    fn from(a: &crate::attributes::Attributes<'_>) -> Self {
+impl From<&crate::access::attributes::Attributes<'_>> for ApiFields {
+    fn from(a: &crate::access::attributes::Attributes<'_>) -> Self {
         ApiFields {
             verb: a.verb.clone().into_owned(),
             group: a.group.to_owned(),

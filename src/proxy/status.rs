@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 
-use crate::body::ProxyBody;
+use crate::proxy::body::ProxyBody;
 
 /// The `reason` field values we use (a subset of apimachinery's `StatusReason`,
 /// k8s.io/apimachinery/pkg/apis/meta/v1/types.go), each with the code a client expects
@@ -24,8 +24,6 @@ pub enum Reason {
     ServiceUnavailable,
     /// 504: the upstream did not answer in time.
     Timeout,
-    /// 404: nothing is served at this path.
-    NotFound,
     /// 400: the request itself is malformed.
     BadRequest,
     /// 500, and 502: `StatusReason` has no reason of its own for a bad gateway, and
@@ -42,7 +40,6 @@ impl Reason {
         match self {
             Reason::ServiceUnavailable => "ServiceUnavailable",
             Reason::Timeout => "Timeout",
-            Reason::NotFound => "NotFound",
             Reason::BadRequest => "BadRequest",
             Reason::InternalError => "InternalError",
             Reason::Forbidden => "Forbidden",

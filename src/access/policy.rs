@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::attributes::Attributes;
+use crate::access::attributes::Attributes;
 
 /// Why a policy file cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -306,7 +306,7 @@ impl crate::reload::Watched for PolicyFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attributes::parse;
+    use crate::access::attributes::parse;
 
     const POLICY: &str = r#"
 apiVersion: rbac.authorization.k8s.io/v1

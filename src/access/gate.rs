@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::attributes::Attributes;
-use crate::body::{ApiFields, ProxyBody};
-use crate::budget::{self, Budget};
+use crate::access::attributes::Attributes;
+use crate::access::budget::{self, Budget};
+use crate::access::policy::PolicyFile;
+use crate::access::record::{Recorder, Refusal};
 use crate::metrics::{ApiLabels, Metrics};
-use crate::policy::PolicyFile;
-use crate::record::{Recorder, Refusal};
-use crate::status::{self, Details, Reason};
+use crate::proxy::body::{ApiFields, ProxyBody};
+use crate::proxy::status::{self, Details, Reason};
 
 pub struct Gate {
     metrics: Arc<Metrics>,

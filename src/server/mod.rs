@@ -4,6 +4,8 @@
 //! connection path; only the peer differs (a unix client has no address for
 //! `X-Forwarded-For`).
 
+pub(crate) mod admin;
+
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
@@ -24,8 +26,8 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
-use crate::body::{BoxError, ProxyBody};
 use crate::metrics::Open;
+use crate::proxy::body::{BoxError, ProxyBody};
 use crate::proxy::{Peer, Proxy};
 use crate::shutdown::Shutdown;
 
@@ -435,9 +437,9 @@ fn over_budget(max: usize) -> Response<Budgeted> {
          (--max-connections); retry later"
     );
     tracing::warn!("{message}");
-    let mut resp: Response<ProxyBody> = crate::status::response(
+    let mut resp: Response<ProxyBody> = crate::proxy::status::response(
         http::StatusCode::SERVICE_UNAVAILABLE,
-        crate::status::Reason::ServiceUnavailable,
+        crate::proxy::status::Reason::ServiceUnavailable,
         &message,
     );
     resp.headers_mut().insert(
@@ -519,9 +521,9 @@ async fn refuse(accepted: Accepted, max: usize) {
         "kube-ambassador is serving its maximum of {max} connections (--max-connections; each h2c stream counts as one more); retry later"
     );
     tracing::warn!("{message}");
-    let body = crate::status::body(
+    let body = crate::proxy::status::body(
         http::StatusCode::SERVICE_UNAVAILABLE,
-        crate::status::Reason::ServiceUnavailable,
+        crate::proxy::status::Reason::ServiceUnavailable,
         &message,
     );
     let response = format!(

@@ -3,6 +3,13 @@
 //! Everything here runs per request and is kept free of file I/O, locks and copies of
 //! bodies: the credentials are an atomic load, bodies are passed through frame by frame.
 
+pub(crate) mod body;
+pub mod filter;
+pub mod headers;
+pub mod router;
+pub(crate) mod status;
+mod upgrade;
+
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -13,21 +20,19 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use crate::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
+use crate::access::gate::{Call, Gate};
 use crate::config::Upstream;
 use crate::credentials::Credentials;
-use crate::filter::Filter;
-use crate::gate::{Call, Gate};
-use crate::h2pool::{H2Error, H2Pool, Sent};
-use crate::headers;
 use crate::logging::Escaped;
 use crate::metrics::{Metrics, Open, UpstreamErrorKind};
-use crate::router::{ApiPrefix, Route};
+use crate::proxy::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
+use crate::proxy::filter::Filter;
+use crate::proxy::router::{ApiPrefix, Route};
 use crate::shutdown::Shutdown;
-use crate::status::{self, Reason};
-use crate::upgrade;
+use crate::upstream::h2pool::{H2Error, H2Pool, Sent};
 use crate::upstream::{Connector, UpstreamClient};
 use crate::www::Www;
+use status::Reason;
 
 /// Everything a request needs, built once.
 pub struct Proxy {
@@ -246,7 +251,7 @@ impl Proxy {
             Route::BadRequest => return bad_request("400 Bad Request"),
         };
         if let Some(filter) = &self.filter {
-            if let Some(c) = crate::filter::control_character(&decoded) {
+            if let Some(c) = crate::proxy::filter::control_character(&decoded) {
                 tracing::debug!(
                     method = %req.method(),
                     path = %Escaped(&decoded),
@@ -264,7 +269,7 @@ impl Proxy {
             }
             // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
             let host = match uri.authority() {
-                Some(a) => crate::filter::host_and_port(a),
+                Some(a) => crate::proxy::filter::host_and_port(a),
                 None => req
                     .headers()
                     .get(header::HOST)
@@ -282,7 +287,7 @@ impl Proxy {
             }
         }
         // As the API server will read it: metrics labels, --policy, --qps, --record-rbac.
-        let attrs = crate::attributes::parse(req.method().as_str(), &decoded, uri.query());
+        let attrs = crate::access::attributes::parse(req.method().as_str(), &decoded, uri.query());
         if let Some(answer) = self.gate.admit(&attrs, call) {
             return answer;
         }
@@ -631,9 +636,9 @@ pub fn upstream_path_and_query(
 }
 
 /// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (see
-/// [`crate::router::push_uri_escaped`], which the 301's Location uses too).
+/// [`crate::proxy::router::push_uri_escaped`], which the 301's Location uses too).
 fn push_path(out: &mut Vec<u8>, path: &str) {
-    crate::router::push_uri_escaped(out, path);
+    crate::proxy::router::push_uri_escaped(out, path);
 }
 
 /// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:

@@ -51,8 +51,8 @@ use http::{Method, Response, StatusCode};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncSeek, ReadBuf};
 
-use crate::body::ProxyBody;
-use crate::status;
+use crate::proxy::body::ProxyBody;
+use crate::proxy::status;
 
 /// The page a directory serves, and the name redirected to `./`.
 const INDEX: &str = "index.html";

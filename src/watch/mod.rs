@@ -26,14 +26,14 @@ use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{BoxError, ProxyBody};
 use crate::metrics::ResumeResult;
 use crate::proxy::Proxy;
+use crate::proxy::body::{BoxError, ProxyBody};
 pub use scan::Scanner;
 
 /// The upstream response body a watch reads: the one place to change when the upstream
 /// client's body type changes.
-pub use crate::body::UpstreamBody;
+pub use crate::proxy::body::UpstreamBody;
 
 /// Resume attempts after one break before giving up.
 const MAX_ATTEMPTS: u32 = 8;

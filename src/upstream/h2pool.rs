@@ -51,8 +51,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 use tower_service::Service as _;
 
-use crate::body::{BoxError, ProxyBody};
 use crate::metrics::{Metrics, Open};
+use crate::proxy::body::{BoxError, ProxyBody};
 use crate::upstream::Connector;
 
 /// Streams assumed until the server's SETTINGS arrive: RFC 9113 §6.5.2 recommends a server

@@ -19,10 +19,10 @@ use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
-use crate::body::ProxyBody;
 use crate::credentials::{Credentials, TokenSource};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
+use crate::proxy::body::ProxyBody;
 use crate::shutdown::Shutdown;
 
 /// The API server counts as up if it answered within this window.
@@ -37,12 +37,12 @@ struct Admin {
 }
 
 /// Binds the admin address.
-pub async fn bind(addr: &str) -> Result<TcpListener, crate::listener::ListenError> {
+pub async fn bind(addr: &str) -> Result<TcpListener, crate::server::ListenError> {
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
-        .ok_or_else(|| crate::listener::ListenError::Address(addr.to_owned()))?;
-    crate::listener::bind(host, port).await
+        .ok_or_else(|| crate::server::ListenError::Address(addr.to_owned()))?;
+    crate::server::bind(host, port).await
 }
 
 /// Serves the admin endpoints and keeps the readiness signal fresh.

@@ -45,10 +45,6 @@ impl<K> Interner<K> {
         self.len.load(Ordering::Relaxed).min(self.bound)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// The index of the key `eq` recognises, inserting `make()` if it is new; `None` when
     /// it is new and `bound` keys are already held. `hash` must be the same for equal
     /// keys.

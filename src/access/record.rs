@@ -20,8 +20,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::attributes::Attributes;
-use crate::intern::{Interner, hash_parts};
+use crate::access::attributes::Attributes;
+use crate::access::intern::{Interner, hash_parts};
 
 /// How often, at most, FILE is rewritten.
 pub const WRITE_EVERY: Duration = Duration::from_secs(2);
@@ -365,7 +365,7 @@ pub fn spawn_writer(rec: std::sync::Arc<Recorder>) -> tokio::task::JoinHandle<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attributes::parse;
+    use crate::access::attributes::parse;
 
     #[test]
     fn rules_are_merged_sorted_and_split_by_scope() {
@@ -467,7 +467,7 @@ rules:
             text.ends_with("  namespace: \"team\"\nrules: []\n"),
             "{text}"
         );
-        let policy = crate::policy::Policy::parse(&text, "team").unwrap();
+        let policy = crate::access::policy::Policy::parse(&text, "team").unwrap();
         assert!(!policy.allows(&parse("GET", "/version", None)));
     }
 }
