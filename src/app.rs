@@ -97,7 +97,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     if cli.unix_socket.is_none() {
         listener::socket_addr(&cli.address, cli.port).await?;
     }
-    let upstream = config::resolve(&cli, &Environment::from_process())?;
+    let upstream = config::resolve(&cli.overrides(), &Environment::from_process())?;
     let ignored = cli.ignored();
     if !ignored.is_empty() {
         tracing::info!(

@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use http::Method;
 use prometheus_client::collector::Collector;
@@ -19,7 +19,7 @@ use prometheus_client::registry::Registry;
 use crate::access::attributes::Attributes;
 use crate::access::budget::Budget;
 use crate::access::intern::{Interner, hash_parts};
-use crate::credentials::Reload;
+use crate::credentials::{Reload, unix_now};
 use crate::reload::ReloadObserver;
 
 const METHODS: [&str; 8] = [
@@ -454,12 +454,6 @@ impl ReloadObserver for Metrics {
     fn token_times(&self, issued: Option<i64>, expiry: Option<i64>) {
         Metrics::token_times(self, issued, expiry);
     }
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn load(a: &AtomicU64) -> u64 {

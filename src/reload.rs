@@ -125,7 +125,7 @@ fn reload_all(creds: &Credentials, tls: Option<&Tls>, observer: &dyn ReloadObser
 fn warn_if_not_rotated(creds: &Credentials, warned_for: &mut Option<i64>) {
     let times = creds.token_times();
     let Some(expiry) = times.expiry else { return };
-    let now = crate::metrics::unix_now();
+    let now = crate::credentials::unix_now();
     if *warned_for != Some(expiry) && times.stale(now) {
         *warned_for = Some(expiry);
         tracing::warn!(

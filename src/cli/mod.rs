@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::config;
 use crate::credentials::Secret;
 use crate::proxy::filter;
 
@@ -606,5 +607,32 @@ fn parse_http2(s: &str) -> Result<UpstreamHttp2, String> {
         "true" | "1" | "yes" | "on" => Ok(UpstreamHttp2::Always),
         "false" | "0" | "no" | "off" => Ok(UpstreamHttp2::Never),
         _ => Err(format!("{s:?} is not one of auto, true, false")),
+    }
+}
+
+impl Cli {
+    /// The flags [`config::resolve`] reads, as the plain struct it takes.
+    pub fn overrides(&self) -> config::Overrides {
+        config::Overrides {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
+            service_account_dir: self.service_account_dir.clone(),
+            server: self.server.clone(),
+            certificate_authority: self.certificate_authority.clone(),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify.clone(),
+            tls_server_name: self.tls_server_name.clone(),
+            token: self.token.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            client_certificate: self.client_certificate.clone(),
+            client_key: self.client_key.clone(),
+            impersonate: self.impersonate.clone(),
+            impersonate_groups: self.impersonate_groups.clone(),
+            impersonate_uid: self.impersonate_uid.clone(),
+            disable_compression: self.disable_compression.clone(),
+            exec_timeout: self.exec_timeout.clone(),
+        }
     }
 }

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use http::uri::{Authority, Scheme};
 use rustls_pki_types::ServerName;
 
-use crate::cli::Cli;
 use crate::credentials::{ExecSpec, Secret, TokenSource};
 use crate::tls::{CaSource, ClientCertSource};
 
@@ -148,67 +147,99 @@ pub enum ConfigError {
     NoToken { path: PathBuf },
 }
 
+/// The flags that choose or override where the API server is and how to authenticate
+/// (kubectl's `--kubeconfig`, `--context`, `--server`, `--token`, ...). A plain struct: this
+/// module turns it and the environment into an [`Upstream`] and knows nothing of the
+/// command line (`cli` builds it).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    pub cluster: Option<String>,
+    pub user: Option<String>,
+    pub service_account_dir: Option<PathBuf>,
+    pub server: Option<String>,
+    pub certificate_authority: Option<PathBuf>,
+    pub insecure_skip_tls_verify: bool,
+    pub tls_server_name: Option<String>,
+    pub token: Option<Secret>,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    pub impersonate: Option<String>,
+    pub impersonate_groups: Vec<String>,
+    pub impersonate_uid: Option<String>,
+    pub disable_compression: bool,
+    pub exec_timeout: std::time::Duration,
+}
+
 /// Resolves the upstream: a kubeconfig if there is one to use (as kubectl), else the
 /// in-cluster environment; flags given on the command line win over both.
 ///
 /// `--service-account-dir` asks for in-cluster mode explicitly: then only an explicit
 /// `--kubeconfig` is read, never `KUBECONFIG` or `~/.kube/config`.
-pub fn resolve(cli: &Cli, env: &Environment) -> Result<Upstream, ConfigError> {
+pub fn resolve(flags: &Overrides, env: &Environment) -> Result<Upstream, ConfigError> {
     // Why a kubeconfig that was read selects nothing, for the "no API server" message.
     let mut unselected = None;
-    if cli.kubeconfig.is_some() || cli.service_account_dir.is_none() {
-        let home = if cli.service_account_dir.is_some() {
+    if flags.kubeconfig.is_some() || flags.service_account_dir.is_none() {
+        let home = if flags.service_account_dir.is_some() {
             None
         } else {
             env.home.as_deref()
         };
-        let kubeconfig_env = if cli.service_account_dir.is_some() {
+        let kubeconfig_env = if flags.service_account_dir.is_some() {
             None
         } else {
             env.kubeconfig.as_deref()
         };
-        if let Some(loaded) = kubeconfig::load(cli.kubeconfig.as_deref(), kubeconfig_env, home)? {
+        if let Some(loaded) = kubeconfig::load(flags.kubeconfig.as_deref(), kubeconfig_env, home)? {
             let choice = kubeconfig::Choice {
-                context: cli.context.as_deref(),
-                cluster: cli.cluster.as_deref(),
-                user: cli.user.as_deref(),
+                context: flags.context.as_deref(),
+                cluster: flags.cluster.as_deref(),
+                user: flags.user.as_deref(),
             };
             if let Some(selected) = loaded.select(choice)? {
-                return from_kubeconfig(cli, selected);
+                return from_kubeconfig(flags, selected);
             }
             unselected = Some(loaded.no_current_context());
         }
     }
     // As kubectl: a context asked for by name must exist, even when no kubeconfig was
     // found (a loaded one has been checked by `select`); it is never silently ignored.
-    if let Some(name) = &cli.context {
+    if let Some(name) = &flags.context {
         return Err(kubeconfig::KubeconfigError::NoContext {
             name: name.clone(),
             files: "(no kubeconfig file was found)".to_owned(),
         }
         .into());
     }
-    from_in_cluster(cli, env, unselected)
+    from_in_cluster(flags, env, unselected)
 }
 
 /// The "no API server" message's lines: every place kubectl's loading rules
 /// (client-go `clientcmd.ClientConfigLoadingRules`: `--kubeconfig`, else `$KUBECONFIG`,
 /// else `~/.kube/config`; then `rest.InClusterConfig`) look, and what was missing there.
-fn looked_for(cli: &Cli, env: &Environment, unselected: Option<String>, sa_dir: &Path) -> String {
+fn looked_for(
+    flags: &Overrides,
+    env: &Environment,
+    unselected: Option<String>,
+    sa_dir: &Path,
+) -> String {
     let mut lines = Vec::new();
     let mut unselected = unselected;
     let mut no_context = |lines: &mut Vec<String>, label: &str, otherwise: String| {
         let text = unselected.take().unwrap_or(otherwise);
         lines.push(format!("{label}: {text}"));
     };
-    let in_cluster_only = cli.service_account_dir.is_some();
-    match &cli.kubeconfig {
+    let in_cluster_only = flags.service_account_dir.is_some();
+    match &flags.kubeconfig {
         Some(path) => no_context(&mut lines, "--kubeconfig", format!("{}", path.display())),
         None => lines.push("--kubeconfig: not given".to_owned()),
     }
     let skipped = |why: &str| format!("not read ({why})");
     let kubeconfig_env = env.kubeconfig.as_deref().filter(|v| !v.is_empty());
-    if cli.kubeconfig.is_some() {
+    if flags.kubeconfig.is_some() {
         lines.push(format!("$KUBECONFIG: {}", skipped("--kubeconfig wins")));
         lines.push(format!("~/.kube/config: {}", skipped("--kubeconfig wins")));
     } else if in_cluster_only {
@@ -270,36 +301,36 @@ fn looked_for(cli: &Cli, env: &Environment, unselected: Option<String>, sa_dir: 
 
 /// A pod's service account (or `--server` with flags only).
 fn from_in_cluster(
-    cli: &Cli,
+    flags: &Overrides,
     env: &Environment,
     unselected: Option<String>,
 ) -> Result<Upstream, ConfigError> {
     let in_cluster = env.in_cluster()?;
-    let sa_dir = cli
+    let sa_dir = flags
         .service_account_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVICE_ACCOUNT_DIR));
     // The service-account files apply in a pod, or when the directory is named.
-    let use_sa = in_cluster.is_some() || cli.service_account_dir.is_some();
+    let use_sa = in_cluster.is_some() || flags.service_account_dir.is_some();
 
-    let url = match (&cli.server, &in_cluster) {
+    let url = match (&flags.server, &in_cluster) {
         (Some(server), _) => server.clone(),
         (None, Some(url)) => url.clone(),
         (None, None) => {
             return Err(ConfigError::NoServer {
-                looked: looked_for(cli, env, unselected, &sa_dir),
+                looked: looked_for(flags, env, unselected, &sa_dir),
             });
         }
     };
-    let ca = match (&cli.certificate_authority, cli.insecure_skip_tls_verify) {
+    let ca = match (&flags.certificate_authority, flags.insecure_skip_tls_verify) {
         (Some(_), true) => return Err(ConfigError::CaWithInsecure),
         (_, true) => Some(CaSource::Insecure),
         (Some(path), false) => Some(CaSource::File(path.clone())),
         (None, false) if use_sa => Some(CaSource::File(sa_dir.join("ca.crt"))),
         (None, false) => None,
     };
-    let token = if let Some(basic) = basic_flags(cli) {
-        if cli.token.is_some() {
+    let token = if let Some(basic) = basic_flags(flags) {
+        if flags.token.is_some() {
             return Err(ConfigError::BasicWithToken {
                 basic: "--username/--password",
                 token: "--token".to_owned(),
@@ -308,7 +339,7 @@ fn from_in_cluster(
         // The flags name the credential; the pod's own service account is only the
         // default, so it is not a conflict.
         basic
-    } else if let Some(token) = &cli.token {
+    } else if let Some(token) = &flags.token {
         TokenSource::Static(token.clone(), "--token")
     } else if use_sa {
         let path = sa_dir.join("token");
@@ -320,17 +351,17 @@ fn from_in_cluster(
         TokenSource::None
     };
     finish(
-        cli,
+        flags,
         Pieces {
             url,
             tls_server_name: None,
             ca,
-            client_cert: client_cert_flags(cli)?,
+            client_cert: client_cert_flags(flags)?,
             token,
             impersonate: Impersonation::default(),
             proxy_url: None,
             disable_compression: false,
-            description: if in_cluster.is_some() && cli.server.is_none() {
+            description: if in_cluster.is_some() && flags.server.is_none() {
                 format!("in-cluster, service account {}", sa_dir.display())
             } else {
                 "command-line flags".to_owned()
@@ -341,10 +372,10 @@ fn from_in_cluster(
 }
 
 /// A kubeconfig context, with command-line overrides.
-fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, ConfigError> {
+fn from_kubeconfig(flags: &Overrides, sel: kubeconfig::Selected) -> Result<Upstream, ConfigError> {
     let cluster = &sel.cluster;
     let user = &sel.user;
-    let url = cli
+    let url = flags
         .server
         .clone()
         .or_else(|| cluster.server.clone())
@@ -363,12 +394,12 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
             })?),
             None => None,
         };
-    let ca = if let Some(path) = &cli.certificate_authority {
-        if cli.insecure_skip_tls_verify {
+    let ca = if let Some(path) = &flags.certificate_authority {
+        if flags.insecure_skip_tls_verify {
             return Err(ConfigError::CaWithInsecure);
         }
         Some(CaSource::File(path.clone()))
-    } else if cli.insecure_skip_tls_verify {
+    } else if flags.insecure_skip_tls_verify {
         Some(CaSource::Insecure)
     } else if cluster.insecure_skip_tls_verify {
         if ca_data.is_some() || cluster.certificate_authority.is_some() {
@@ -382,7 +413,7 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
         cluster.certificate_authority.clone().map(CaSource::File)
     };
 
-    let client_cert = match client_cert_flags(cli)? {
+    let client_cert = match client_cert_flags(flags)? {
         Some(flags) => Some(flags),
         None => kubeconfig_client_cert(&sel)?,
     };
@@ -391,8 +422,8 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
     // `getUserIdentificationPartialConfig`), and its transport refuses basic auth beside
     // a bearer token ("username/password or bearer token may be set, but not both",
     // client-go transport.New); so does the kubeconfig validation (`validateAuthInfo`).
-    let token = if cli.username.is_some() || cli.password.is_some() {
-        let token = if cli.token.is_some() {
+    let token = if flags.username.is_some() || flags.password.is_some() {
+        let token = if flags.token.is_some() {
             Some("--token".to_owned())
         } else if user.token_file.is_some() || user.token.is_some() {
             Some(format!("kubeconfig user {user_name:?}"))
@@ -406,18 +437,18 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
             });
         }
         TokenSource::Basic {
-            username: cli
+            username: flags
                 .username
                 .clone()
                 .or_else(|| user.username.clone())
                 .unwrap_or_default(),
-            password: cli
+            password: flags
                 .password
                 .clone()
                 .or_else(|| user.password.clone())
                 .unwrap_or_else(|| Secret::new("")),
         }
-    } else if let Some(token) = &cli.token {
+    } else if let Some(token) = &flags.token {
         TokenSource::Static(token.clone(), "--token")
     } else if let Some(path) = &user.token_file {
         TokenSource::File(path.clone())
@@ -425,7 +456,7 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
         TokenSource::Static(token.clone(), "kubeconfig token")
     } else if let Some(exec) = &user.exec {
         TokenSource::Exec(Box::new(exec_spec(
-            cli,
+            flags,
             &sel,
             exec,
             &url,
@@ -446,13 +477,16 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
         TokenSource::None
     };
     let impersonate = Impersonation {
-        user: cli.impersonate.clone().or_else(|| user.impersonate.clone()),
-        groups: if cli.impersonate_groups.is_empty() {
+        user: flags
+            .impersonate
+            .clone()
+            .or_else(|| user.impersonate.clone()),
+        groups: if flags.impersonate_groups.is_empty() {
             user.impersonate_groups.clone().unwrap_or_default()
         } else {
-            cli.impersonate_groups.clone()
+            flags.impersonate_groups.clone()
         },
-        uid: cli
+        uid: flags
             .impersonate_uid
             .clone()
             .or_else(|| user.impersonate_uid.clone()),
@@ -462,7 +496,7 @@ fn from_kubeconfig(cli: &Cli, sel: kubeconfig::Selected) -> Result<Upstream, Con
         _ => None,
     };
     finish(
-        cli,
+        flags,
         Pieces {
             url,
             tls_server_name: cluster.tls_server_name.clone(),
@@ -498,9 +532,9 @@ struct Pieces {
     missing_ca_hint: String,
 }
 
-fn finish(cli: &Cli, p: Pieces) -> Result<Upstream, ConfigError> {
+fn finish(flags: &Overrides, p: Pieces) -> Result<Upstream, ConfigError> {
     let (scheme, authority, base_path) = parse_server(&p.url)?;
-    let name = cli.tls_server_name.clone().or(p.tls_server_name);
+    let name = flags.tls_server_name.clone().or(p.tls_server_name);
     let server_name = match name.filter(|n| !n.is_empty()) {
         Some(name) => {
             ServerName::try_from(name.clone()).map_err(|_| ConfigError::BadServerName(name))?
@@ -518,13 +552,13 @@ fn finish(cli: &Cli, p: Pieces) -> Result<Upstream, ConfigError> {
         });
     }
     let mut impersonate = p.impersonate;
-    if let Some(user) = &cli.impersonate {
+    if let Some(user) = &flags.impersonate {
         impersonate.user = Some(user.clone());
     }
-    if !cli.impersonate_groups.is_empty() {
-        impersonate.groups = cli.impersonate_groups.clone();
+    if !flags.impersonate_groups.is_empty() {
+        impersonate.groups = flags.impersonate_groups.clone();
     }
-    if let Some(uid) = &cli.impersonate_uid {
+    if let Some(uid) = &flags.impersonate_uid {
         impersonate.uid = Some(uid.clone());
     }
     Ok(Upstream {
@@ -538,23 +572,23 @@ fn finish(cli: &Cli, p: Pieces) -> Result<Upstream, ConfigError> {
         client_cert: if https { p.client_cert } else { None },
         impersonate,
         proxy_url: p.proxy_url,
-        disable_compression: p.disable_compression || cli.disable_compression,
+        disable_compression: p.disable_compression || flags.disable_compression,
         source: p.description,
     })
 }
 
 /// `--username`/`--password` given on the command line, as basic auth. client-go's
 /// `HasBasicAuth` counts either one alone; a missing one is empty.
-fn basic_flags(cli: &Cli) -> Option<TokenSource> {
-    (cli.username.is_some() || cli.password.is_some()).then(|| TokenSource::Basic {
-        username: cli.username.clone().unwrap_or_default(),
-        password: cli.password.clone().unwrap_or_else(|| Secret::new("")),
+fn basic_flags(flags: &Overrides) -> Option<TokenSource> {
+    (flags.username.is_some() || flags.password.is_some()).then(|| TokenSource::Basic {
+        username: flags.username.clone().unwrap_or_default(),
+        password: flags.password.clone().unwrap_or_else(|| Secret::new("")),
     })
 }
 
 /// `--client-certificate` and `--client-key`, which go together.
-fn client_cert_flags(cli: &Cli) -> Result<Option<ClientCertSource>, ConfigError> {
-    match (&cli.client_certificate, &cli.client_key) {
+fn client_cert_flags(flags: &Overrides) -> Result<Option<ClientCertSource>, ConfigError> {
+    match (&flags.client_certificate, &flags.client_key) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => Ok(Some(ClientCertSource::Files {
             cert: cert.clone(),
@@ -621,7 +655,7 @@ fn kubeconfig_client_cert(
 
 /// Builds the plugin invocation; refuses what cannot work in a proxy.
 fn exec_spec(
-    cli: &Cli,
+    flags: &Overrides,
     sel: &kubeconfig::Selected,
     exec: &kubeconfig::ExecConfig,
     url: &str,
@@ -691,7 +725,7 @@ fn exec_spec(
         api_version,
         install_hint: exec.install_hint.clone(),
         cluster,
-        timeout: cli.exec_timeout,
+        timeout: flags.exec_timeout,
     })
 }
 
@@ -793,10 +827,10 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    fn cli(args: &[&str]) -> Cli {
+    fn cli(args: &[&str]) -> Overrides {
         let mut all = vec!["kube-ambassador"];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all).unwrap()
+        crate::cli::Cli::try_parse_from(all).unwrap().overrides()
     }
 
     fn pod() -> Environment {

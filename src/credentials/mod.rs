@@ -192,7 +192,7 @@ impl Credentials {
     /// running the exec plugin if its credential is missing or expired.
     pub async fn for_request(&self) -> Result<Option<HeaderValue>, ExecError> {
         if let Some(exec) = &self.exec {
-            if exec.stale(crate::metrics::unix_now()) {
+            if exec.stale(crate::credentials::unix_now()) {
                 // Boxed: running the plugin is rare; inline, its state would sit in
                 // every request's future.
                 Box::pin(self.run_exec(None)).await?;
@@ -209,7 +209,7 @@ impl Credentials {
         };
         let _one_at_a_time = self.refresh.lock().await;
         let renewed = match refused {
-            None => !exec.stale(crate::metrics::unix_now()),
+            None => !exec.stale(crate::credentials::unix_now()),
             Some(r) => self.header().as_ref() != Some(r),
         };
         if renewed {
@@ -341,7 +341,7 @@ impl Credentials {
         }
         tracing::warn!(
             "{}",
-            self.unauthorized_hint(generation, crate::metrics::unix_now())
+            self.unauthorized_hint(generation, crate::credentials::unix_now())
         );
     }
 
@@ -392,6 +392,14 @@ fn bearer(token: &str) -> Option<HeaderValue> {
         HeaderValue::from_maybe_shared(bytes::Bytes::from(format!("Bearer {token}"))).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+/// Seconds since the Unix epoch: the clock tokens' `iat`/`exp` and exec credentials'
+/// `expirationTimestamp` are written in (0 if the clock is before 1970).
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
