@@ -621,7 +621,7 @@ impl Cli {
             service_account_dir: self.service_account_dir.clone(),
             server: self.server.clone(),
             certificate_authority: self.certificate_authority.clone(),
-            insecure_skip_tls_verify: self.insecure_skip_tls_verify.clone(),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
             tls_server_name: self.tls_server_name.clone(),
             token: self.token.clone(),
             username: self.username.clone(),
@@ -631,8 +631,8 @@ impl Cli {
             impersonate: self.impersonate.clone(),
             impersonate_groups: self.impersonate_groups.clone(),
             impersonate_uid: self.impersonate_uid.clone(),
-            disable_compression: self.disable_compression.clone(),
-            exec_timeout: self.exec_timeout.clone(),
+            disable_compression: self.disable_compression,
+            exec_timeout: self.exec_timeout,
         }
     }
 }
