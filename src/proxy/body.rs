@@ -1,4 +1,5 @@
-//! The one body type that flows through the proxy, in both directions.
+//! The body of every response the proxy gives, and the access-log line written when it
+//! ends.
 //!
 //! Bodies are streamed frame by frame: an upstream chunk is handed to the client as soon
 //! as it arrives (no flush interval, unlike kubectl's 200 ms), and hyper's poll-based
@@ -14,19 +15,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::metrics::GaugeGuard;
-use crate::proxy::headers;
-use crate::upstream::h2pool::RecvBody;
+use crate::upstream::UpstreamBody;
+use crate::upstream::body::clean_trailers;
 use crate::www::FileBody;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use crate::upstream::body::BoxError;
 
-/// A streamed body (a client's request body), an API server's response body, a small
-/// body made by the proxy, a tracked response stream, or a static file (`--www`).
+/// A response body: the API server's, a small body made by the proxy, a tracked response
+/// stream, or a static file (`--www`). (What goes upstream is a `RequestBody`.)
 pub enum ProxyBody {
-    Stream(Incoming),
     Response(UpstreamBody),
     Full(Option<Bytes>),
     Tracked(Box<Tracked>),
@@ -119,19 +119,6 @@ impl From<Bytes> for ProxyBody {
     }
 }
 
-/// Strips connection-specific fields from a trailers frame; data frames pass untouched.
-#[inline]
-fn clean_trailers<E>(
-    mut polled: Poll<Option<Result<Frame<Bytes>, E>>>,
-) -> Poll<Option<Result<Frame<Bytes>, E>>> {
-    if let Poll::Ready(Some(Ok(frame))) = &mut polled {
-        if let Some(trailers) = frame.trailers_mut() {
-            headers::strip_trailers(trailers);
-        }
-    }
-    polled
-}
-
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -141,10 +128,6 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Stream(inner) => {
-                let polled = Pin::new(inner).poll_frame(cx);
-                clean_trailers(polled).map_err(Into::into)
-            }
             ProxyBody::Response(inner) => clean_trailers(Pin::new(inner).poll_frame(cx)),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tracked(t) => {
@@ -167,7 +150,6 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Stream(inner) => inner.is_end_stream(),
             ProxyBody::Response(inner) => inner.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Tracked(t) => t.inner.is_end_stream(),
@@ -177,7 +159,6 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Stream(inner) => inner.size_hint(),
             ProxyBody::Response(inner) => inner.size_hint(),
             ProxyBody::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
@@ -186,46 +167,6 @@ impl Body for ProxyBody {
             ProxyBody::Tracked(t) if t.stop.is_some() => SizeHint::new(),
             ProxyBody::Tracked(t) => t.inner.size_hint(),
             ProxyBody::File(f) => f.size_hint(),
-        }
-    }
-}
-
-/// A response body from the API server: over either protocol, or a JSON watch that is
-/// resumed when its upstream stream ends early (`watch.rs`).
-pub enum UpstreamBody {
-    Http1(Incoming),
-    Http2(RecvBody),
-    Resumed(Box<crate::watch::Resuming>),
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx),
-            UpstreamBody::Resumed(b) => Pin::new(b.as_mut()).poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            UpstreamBody::Http1(b) => b.is_end_stream(),
-            UpstreamBody::Http2(b) => b.is_end_stream(),
-            UpstreamBody::Resumed(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            UpstreamBody::Http1(b) => b.size_hint(),
-            UpstreamBody::Http2(b) => b.size_hint(),
-            UpstreamBody::Resumed(b) => b.size_hint(),
         }
     }
 }

@@ -25,12 +25,13 @@ use crate::config::Upstream;
 use crate::credentials::Credentials;
 use crate::logging::Escaped;
 use crate::metrics::{Metrics, Open, UpstreamErrorKind};
-use crate::proxy::body::{AccessLog, ProxyBody, Tracked, UpstreamBody};
+use crate::proxy::body::{AccessLog, ProxyBody, Tracked};
 use crate::proxy::filter::Filter;
 use crate::proxy::router::{ApiPrefix, Route};
 use crate::shutdown::Shutdown;
 use crate::upstream::h2pool::{H2Error, H2Pool, Sent};
 use crate::upstream::{Connector, UpstreamClient};
+use crate::upstream::{RequestBody, UpstreamBody};
 use crate::www::Www;
 use status::Reason;
 
@@ -202,8 +203,6 @@ impl Proxy {
                     log.bytes = bytes.as_ref().map_or(0, |b| b.len() as u64);
                 }
                 ProxyBody::File(file) => log.bytes = file.remaining(),
-                // A request body: never a response's.
-                ProxyBody::Stream(_) => {}
             }
         }
         Ok(resp)
@@ -401,7 +400,7 @@ impl Proxy {
     /// `Err` is the Status response to give instead.
     pub(crate) async fn send(
         &self,
-        req: Request<ProxyBody>,
+        req: Request<RequestBody>,
         replay: Option<&HeaderMap>,
         long_lived: bool,
     ) -> Result<Response<UpstreamBody>, Response<ProxyBody>> {
@@ -443,7 +442,7 @@ impl Proxy {
     /// drops one dead connection.
     async fn request_replaying(
         &self,
-        req: Request<ProxyBody>,
+        req: Request<RequestBody>,
         replay: Option<&HeaderMap>,
         long_lived: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
@@ -458,7 +457,7 @@ impl Proxy {
                         tracing::debug!(
                             "kept-alive connection closed by the API server ({e}); sending again"
                         );
-                        let req = build(&method, &uri, headers.clone(), ProxyBody::empty());
+                        let req = build(&method, &uri, headers.clone(), RequestBody::Empty);
                         result = self.dispatch(req, Some(headers), long_lived).await;
                     }
                     _ => break,
@@ -473,7 +472,7 @@ impl Proxy {
     /// `replay`: the headers of a bodiless request, the one copy the caller keeps.)
     pub(crate) async fn dispatch(
         &self,
-        req: Request<ProxyBody>,
+        req: Request<RequestBody>,
         replay: Option<&HeaderMap>,
         long_lived: bool,
     ) -> Result<Response<UpstreamBody>, SendError> {
@@ -523,7 +522,7 @@ impl Proxy {
         if let Some(first) = plan.as_mut().and_then(crate::watch::Plan::first_target) {
             target = first;
         }
-        let upstream_req = build(&method, &target, headers, ProxyBody::Stream(body));
+        let upstream_req = build(&method, &target, headers, RequestBody::Stream(body));
         let sent_at = Instant::now();
         let mut resp = match self.send(upstream_req, replay.as_ref(), long_lived).await {
             Ok(resp) => resp,
@@ -536,7 +535,7 @@ impl Proxy {
                         "API server refused the credential; retrying with the renewed one"
                     );
                     headers.insert(header::AUTHORIZATION, newer);
-                    let retry = build(&method, &target, headers.clone(), ProxyBody::empty());
+                    let retry = build(&method, &target, headers.clone(), RequestBody::Empty);
                     resp = match Box::pin(self.send(retry, Some(&headers), long_lived)).await {
                         Ok(resp) => resp,
                         Err(resp) => return resp,
@@ -555,7 +554,7 @@ impl Proxy {
         let body = if long_lived {
             let inner = match plan {
                 Some(plan) if crate::watch::resumable_response(parts.status, &parts.headers) => {
-                    UpstreamBody::Resumed(Box::new(crate::watch::Resuming::new(
+                    UpstreamBody::Resumed(Box::pin(crate::watch::Resuming::new(
                         self.clone(),
                         plan,
                         body,
@@ -587,7 +586,7 @@ impl Proxy {
         if let Some(auth) = self.creds.for_request().await.ok().flatten() {
             headers.insert(header::AUTHORIZATION, auth);
         }
-        let req = build(&Method::GET, &target, headers, ProxyBody::empty());
+        let req = build(&Method::GET, &target, headers, RequestBody::Empty);
         // Over the connections requests use (HTTP/2 where the server speaks it).
         match self.dispatch(req, None, false).await {
             Ok(_) => self.metrics.upstream_answered(),
@@ -692,8 +691,8 @@ pub(crate) fn build(
     method: &Method,
     target: &Uri,
     headers: HeaderMap,
-    body: ProxyBody,
-) -> Request<ProxyBody> {
+    body: RequestBody,
+) -> Request<RequestBody> {
     let mut req = Request::new(body);
     *req.method_mut() = method.clone();
     *req.uri_mut() = target.clone();

@@ -16,6 +16,7 @@ use tower_service::Service as _;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::status::{self, Reason};
 use crate::proxy::{Peer, Proxy};
+use crate::upstream::{RequestBody, UpstreamBody};
 
 pub async fn forward(
     proxy: &Proxy,
@@ -37,7 +38,7 @@ pub async fn forward(
     if let Some(p) = protocol {
         headers.insert(header::UPGRADE, p);
     }
-    let mut upstream_req = Request::new(ProxyBody::Stream(body));
+    let mut upstream_req = Request::new(RequestBody::Stream(body));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.headers_mut() = headers;
     // HTTP/1.1 on the wire wants the origin form; the connector wants the full URI.
@@ -96,7 +97,7 @@ pub async fn forward(
         code if code.as_u16() >= 400 => {
             let (mut parts, body) = resp.into_parts();
             parts.version = http::Version::default();
-            Response::from_parts(parts, ProxyBody::Stream(body))
+            Response::from_parts(parts, ProxyBody::Response(UpstreamBody::Http1(body)))
         }
         code => status::response(
             StatusCode::BAD_GATEWAY,

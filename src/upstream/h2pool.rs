@@ -51,9 +51,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{Notify, oneshot};
 use tower_service::Service as _;
 
+use super::body::{BoxError, RequestBody};
+use super::connector::Connector;
 use crate::metrics::{Metrics, Open};
-use crate::proxy::body::{BoxError, ProxyBody};
-use crate::upstream::Connector;
 
 /// Streams assumed until the server's SETTINGS arrive: RFC 9113 §6.5.2 recommends a server
 /// allow at least 100, and Go's transport starts with the same figure.
@@ -136,7 +136,7 @@ pub enum H2Error {
 pub enum Sent {
     Response(Response<RecvBody>),
     /// The server speaks HTTP/1.1 only: the request, untouched, for the HTTP/1.1 client.
-    Http1(Request<ProxyBody>),
+    Http1(Request<RequestBody>),
 }
 
 type Conns = ArcSwap<Vec<Arc<Conn>>>;
@@ -247,7 +247,7 @@ impl Conn {
 /// Why one attempt failed, and what may be tried next.
 enum Failed {
     /// The connection would take no new stream: the request, untouched, for another.
-    NotSent(Box<Request<ProxyBody>>),
+    NotSent(Box<Request<RequestBody>>),
     /// Refused unprocessed by the server: safe to send anywhere, whatever the method.
     Refused(H2Error),
     /// Lost with its connection before response headers.
@@ -308,7 +308,7 @@ impl H2Pool {
     /// takes to send it again. A request without it is sent once.
     pub async fn send(
         &self,
-        mut req: Request<ProxyBody>,
+        mut req: Request<RequestBody>,
         replay: Option<&HeaderMap>,
     ) -> Result<Sent, H2Error> {
         let replay = replay.filter(|_| req.body().is_end_stream());
@@ -374,7 +374,7 @@ impl H2Pool {
         &self,
         conn: &Conn,
         slot: Slot,
-        req: Request<ProxyBody>,
+        req: Request<RequestBody>,
     ) -> Result<Response<RecvBody>, Failed> {
         let mut send = conn.send.clone();
         // Waits for h2's own pending-open slot (one stream being opened at a time per
@@ -658,8 +658,8 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// A bodiless request built again from its method, URI and headers.
-fn rebuild((method, uri, headers): (Method, http::Uri, &HeaderMap)) -> Request<ProxyBody> {
-    let mut req = Request::new(ProxyBody::empty());
+fn rebuild((method, uri, headers): (Method, http::Uri, &HeaderMap)) -> Request<RequestBody> {
+    let mut req = Request::new(RequestBody::Empty);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
@@ -718,7 +718,7 @@ impl Reset {
 /// caller answers with `failed`'s cause instead of waiting forever. Afterwards, waits for
 /// the response side to ask for a reset (a client that left mid-response).
 async fn pipe(
-    mut body: ProxyBody,
+    mut body: RequestBody,
     mut stream: h2::SendStream<Bytes>,
     mut cancel: oneshot::Receiver<()>,
     failed: oneshot::Sender<BoxError>,
@@ -746,7 +746,7 @@ async fn pipe(
 }
 
 async fn send_body(
-    body: &mut ProxyBody,
+    body: &mut RequestBody,
     stream: &mut h2::SendStream<Bytes>,
 ) -> Result<(), BoxError> {
     loop {
@@ -769,7 +769,7 @@ async fn send_body(
             }
             Err(frame) => frame,
         };
-        // Connection-specific fields are gone already (`ProxyBody` strips them).
+        // Connection-specific fields are gone already (`RequestBody` strips them).
         if let Ok(trailers) = frame.into_trailers() {
             stream.send_trailers(trailers)?;
             return Ok(());
@@ -858,7 +858,7 @@ impl Body for RecvBody {
         let trailers = ready!(inner.recv.poll_trailers(cx));
         this.done = true;
         match trailers {
-            // `ProxyBody` strips connection-specific fields from them.
+            // `ProxyBody` strips connection-specific fields from them on the way out.
             Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
             Ok(None) => Poll::Ready(None),
             Err(e) => Poll::Ready(Some(Err(e.into()))),

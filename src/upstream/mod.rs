@@ -1,207 +1,30 @@
-//! The client side: connections to the API server.
+//! The client side: requests to the API server and their responses.
 //!
-//! hyper-util's pooled client over hyper-rustls over a plain TCP connector. The URI we
-//! hand it is always built from the fixed upstream origin (see `proxy`), so nothing a
-//! caller sends can make it dial anywhere else. This client speaks HTTP/1.1 only: every
-//! request gets its own connection from the pool, so a watch never waits behind a
-//! server's concurrent-stream limit. With `--upstream-http2`, requests go to `h2pool`
-//! first, and come here only if the server declines HTTP/2.
+//! Two pools (the protocol is chosen per request by `proxy`, `--upstream-http2`):
+//! hyper-util's pooled HTTP/1.1 client, where every request has a connection of its own
+//! (fastest for short requests against Go's server, see the README's Performance
+//! section), and `h2pool`, HTTP/2 on the `h2` crate, which carries watches and other
+//! long-running requests many to a connection. Both dial with `connector`.
 
+pub(crate) mod body;
+pub(crate) mod connector;
 pub(crate) mod h2pool;
 
-use std::time::Duration;
-
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::Uri;
-use hyper_rustls::{FixedServerNameResolver, HttpsConnector, MaybeHttpsStream};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
-use tower_service::Service;
-
-use crate::proxy::body::BoxError;
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::config::Upstream;
-use crate::proxy::body::ProxyBody;
-use crate::tls::Tls;
+pub use body::{BoxError, RequestBody};
+pub use connector::{ConnectOptions, Connector, connector, connector_h2};
+use h2pool::RecvBody;
 
-/// hyper-rustls over TCP, with one deadline for TCP connect *and* TLS handshake: a
-/// server that accepts TCP but never completes the handshake must not hang a request.
-#[derive(Clone)]
-pub struct Connector {
-    inner: HttpsConnector<Dial>,
-    timeout: Duration,
-}
-
-/// How TCP reaches the API server: directly, or through the kubeconfig's `proxy-url`
-/// (an HTTP CONNECT tunnel or SOCKS5, as client-go supports).
-#[derive(Clone)]
-pub enum Dial {
-    Direct(HttpConnector),
-    Tunnel(Tunnel<HttpConnector>),
-    Socks(SocksV5<HttpConnector>),
-}
-
-impl Dial {
-    fn new(tcp: HttpConnector, proxy: Option<&Uri>) -> Dial {
-        let Some(proxy) = proxy else {
-            return Dial::Direct(tcp);
-        };
-        // Credentials in the proxy URL become proxy authentication, never part of the
-        // address we dial.
-        let (userinfo, hostport) = match proxy.authority().map(|a| a.as_str()) {
-            Some(a) => match a.rsplit_once('@') {
-                Some((user, host)) => (Some(user.to_owned()), host.to_owned()),
-                None => (None, a.to_owned()),
-            },
-            None => (None, String::new()),
-        };
-        let scheme = proxy.scheme_str().unwrap_or("http");
-        let dst: Uri = format!(
-            "{}://{hostport}",
-            if scheme == "http" { "http" } else { "socks5" }
-        )
-        .parse()
-        .unwrap_or_else(|_| proxy.clone());
-        let creds = userinfo.map(|u| match u.split_once(':') {
-            Some((user, pass)) => (user.to_owned(), pass.to_owned()),
-            None => (u, String::new()),
-        });
-        if scheme == "http" {
-            let mut tunnel = Tunnel::new(dst, tcp);
-            if let Some((user, pass)) = creds {
-                let basic = crate::base64::encode(format!("{user}:{pass}").as_bytes());
-                if let Ok(mut v) = http::HeaderValue::try_from(format!("Basic {basic}")) {
-                    v.set_sensitive(true);
-                    tunnel = tunnel.with_auth(v);
-                }
-            }
-            Dial::Tunnel(tunnel)
-        } else {
-            // The proxy resolves the API server's name, as Go's SOCKS5 dialer has it do.
-            let mut socks = SocksV5::new(dst, tcp).local_dns(false);
-            if let Some((user, pass)) = creds {
-                socks = socks.with_auth(user, pass);
-            }
-            Dial::Socks(socks)
-        }
-    }
-}
-
-type Tcp = TokioIo<TcpStream>;
-
-impl Service<Uri> for Dial {
-    type Response = Tcp;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Tcp, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        match self {
-            Dial::Direct(c) => c.poll_ready(cx).map_err(Into::into),
-            Dial::Tunnel(c) => c.poll_ready(cx).map_err(Into::into),
-            Dial::Socks(c) => c.poll_ready(cx).map_err(Into::into),
-        }
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        match self {
-            Dial::Direct(c) => {
-                let f = c.call(uri);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
-            Dial::Tunnel(c) => {
-                let f = c.call(uri);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
-            Dial::Socks(c) => {
-                let f = c.call(uri);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
-        }
-    }
-}
-
-type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
-
-impl Service<Uri> for Connector {
-    type Response = Stream;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Stream, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let connecting = self.inner.call(uri);
-        let limit = self.timeout;
-        Box::pin(async move {
-            match tokio::time::timeout(limit, connecting).await {
-                Ok(result) => result,
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no TLS connection within {limit:?}"),
-                )
-                .into()),
-            }
-        })
-    }
-}
-pub type UpstreamClient = Client<Connector, ProxyBody>;
-
-/// Connection settings.
-#[derive(Debug, Clone)]
-pub struct ConnectOptions {
-    pub connect_timeout: Duration,
-    /// TCP keep-alive period; zero disables it.
-    pub keepalive: Duration,
-}
-
-/// The connector, shared by the pooled client and by upgrades (which need a fresh one).
-/// For a plain `http://` upstream the TLS settings are present but never used.
-pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
-    build_connector(upstream, tls, opts, false)
-}
-
-/// The same connector offering `h2, http/1.1` in ALPN, for the HTTP/2 pool
-/// (`--upstream-http2`, see `h2pool`).
-pub fn connector_h2(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
-    build_connector(upstream, tls, opts, true)
-}
-
-fn build_connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions, h2: bool) -> Connector {
-    let mut tcp = HttpConnector::new();
-    tcp.enforce_http(false);
-    tcp.set_nodelay(true);
-    // The whole connect, handshake included, is bounded by `Connector`.
-    tcp.set_connect_timeout(None);
-    tcp.set_keepalive((!opts.keepalive.is_zero()).then_some(opts.keepalive));
-    let builder =
-        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.client_config()).clone());
-    let builder = if upstream.scheme == http::uri::Scheme::HTTPS {
-        builder.https_only()
-    } else {
-        builder.https_or_http()
-    };
-    let builder = builder
-        .with_server_name_resolver(FixedServerNameResolver::new(upstream.server_name.clone()))
-        .enable_http1();
-    let dial = Dial::new(tcp, upstream.proxy_url.as_ref().map(|p| &p.0));
-    let inner = if h2 {
-        builder.enable_http2().wrap_connector(dial)
-    } else {
-        builder.wrap_connector(dial)
-    };
-    Connector {
-        inner,
-        timeout: opts.connect_timeout,
-    }
-}
+/// The HTTP/1.1 pool.
+pub type UpstreamClient = Client<Connector, RequestBody>;
 
 /// The pooled client for ordinary requests.
 pub fn client(connector: Connector) -> UpstreamClient {
@@ -211,4 +34,46 @@ pub fn client(connector: Connector) -> UpstreamClient {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(256)
         .build(connector)
+}
+
+/// A response body from the API server: over either protocol, or a JSON watch that is
+/// resumed when its upstream stream ends early (`watch`). The resumed watch is boxed as
+/// a trait object so that this module need not know `watch`, which sits above it: the
+/// one virtual call per frame is on watch events only.
+pub enum UpstreamBody {
+    Http1(Incoming),
+    Http2(RecvBody),
+    Resumed(Pin<Box<dyn Body<Data = Bytes, Error = BoxError> + Send>>),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Http1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Http2(b) => Pin::new(b).poll_frame(cx),
+            UpstreamBody::Resumed(b) => b.as_mut().poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Http1(b) => b.is_end_stream(),
+            UpstreamBody::Http2(b) => b.is_end_stream(),
+            UpstreamBody::Resumed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Http1(b) => b.size_hint(),
+            UpstreamBody::Http2(b) => b.size_hint(),
+            UpstreamBody::Resumed(b) => b.size_hint(),
+        }
+    }
 }

@@ -28,12 +28,12 @@ use tokio::time::{Instant, Sleep};
 
 use crate::metrics::ResumeResult;
 use crate::proxy::Proxy;
-use crate::proxy::body::{BoxError, ProxyBody};
+use crate::upstream::{BoxError, RequestBody};
 pub use scan::Scanner;
 
 /// The upstream response body a watch reads: the one place to change when the upstream
 /// client's body type changes.
-pub use crate::proxy::body::UpstreamBody;
+pub use crate::upstream::UpstreamBody;
 
 /// Resume attempts after one break before giving up.
 const MAX_ATTEMPTS: u32 = 8;
@@ -376,7 +376,7 @@ impl Resuming {
                 }
             }
             let req =
-                crate::proxy::build(&Method::GET, &target, headers.clone(), ProxyBody::empty());
+                crate::proxy::build(&Method::GET, &target, headers.clone(), RequestBody::Empty);
             let resp = match proxy.send(req, Some(&headers), true).await {
                 Ok(resp) => resp,
                 Err(resp) => return Attempt::Retry(format!("no answer ({})", resp.status())),

@@ -1,0 +1,68 @@
+//! What is sent to the API server: a client's request body, streamed, or none (a
+//! bodiless request, a retry, a resumed watch). Trailers pass without the
+//! connection-specific fields HTTP/2 forbids (`headers::strip_trailers`).
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::proxy::headers;
+
+/// hyper's error type for bodies and connectors.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body on its way to the API server.
+#[derive(Debug, Default)]
+pub enum RequestBody {
+    /// The client's body, frame by frame as it arrives.
+    Stream(Incoming),
+    #[default]
+    Empty,
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            RequestBody::Stream(inner) => {
+                clean_trailers(Pin::new(inner).poll_frame(cx)).map_err(Into::into)
+            }
+            RequestBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Stream(inner) => inner.is_end_stream(),
+            RequestBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RequestBody::Stream(inner) => inner.size_hint(),
+            RequestBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
+/// Strips connection-specific fields from a trailers frame; data frames pass untouched.
+/// Both directions go through it (this body, and the proxy's response body).
+#[inline]
+pub(crate) fn clean_trailers<E>(
+    mut polled: Poll<Option<Result<Frame<Bytes>, E>>>,
+) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+    if let Poll::Ready(Some(Ok(frame))) = &mut polled {
+        if let Some(trailers) = frame.trailers_mut() {
+            headers::strip_trailers(trailers);
+        }
+    }
+    polled
+}
