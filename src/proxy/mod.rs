@@ -12,6 +12,7 @@ mod upgrade;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,7 @@ use crate::shutdown::Shutdown;
 use crate::upstream::h2pool::{H2Error, H2Pool, Sent};
 use crate::upstream::{Connector, UpstreamClient};
 use crate::upstream::{RequestBody, UpstreamBody};
+use crate::watch::Rewatch;
 use crate::www::Www;
 use status::Reason;
 
@@ -307,7 +309,7 @@ impl Proxy {
         if headers::is_upgrade(req.headers()) {
             // Boxed, like the static-file branch: rare paths whose state would
             // otherwise enlarge every request's future.
-            return Box::pin(upgrade::forward(self, req, target, peer)).await;
+            return Box::pin(self.upgrade(req, target, peer)).await;
         }
         let discovery = status::is_discovery(req.method(), &decoded, req.headers());
         let resp = self.forward(req, target, peer, long_lived, resume).await;
@@ -333,6 +335,34 @@ impl Proxy {
             .path_and_query(upstream_path_and_query(base, raw_path, query)?)
             .build()
             .ok()
+    }
+    /// An upgrade (exec, attach, port-forward): the client's headers rewritten as for any
+    /// request, then a tunnel of its own (`upgrade`).
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        target: Uri,
+        peer: Peer,
+    ) -> Response<ProxyBody> {
+        // Take the client side's upgrade future before the request is taken apart.
+        let client_side = hyper::upgrade::on(&mut req);
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers.clone();
+        let auth = match self.credential_for(&headers).await {
+            Ok(auth) => auth,
+            Err(resp) => return resp,
+        };
+        self.rewrite_request_headers(&mut headers, peer, auth);
+        let upstream_req = upgrade::upstream_request(parts, headers, body, &target);
+        let tunnel = upgrade::Tunnel {
+            connector: &self.connector,
+            metrics: &self.metrics,
+            shutdown: &self.shutdown,
+            origin: self.upstream.origin(),
+        };
+        upgrade::forward(tunnel, client_side, upstream_req, target)
+            .await
+            .unwrap_or_else(|e| self.upstream_error(&*e))
     }
 
     /// Rewrites the request headers for the upstream. Returns the credential it added.
@@ -555,7 +585,7 @@ impl Proxy {
             let inner = match plan {
                 Some(plan) if crate::watch::resumable_response(parts.status, &parts.headers) => {
                     UpstreamBody::Resumed(Box::pin(crate::watch::Resuming::new(
-                        self.clone(),
+                        self.clone() as Arc<dyn Rewatch>,
                         plan,
                         body,
                     )))
@@ -685,6 +715,35 @@ fn bad_request(body: &'static str) -> Response<ProxyBody> {
     h.remove(header::X_CONTENT_TYPE_OPTIONS);
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
+}
+
+impl Rewatch for Proxy {
+    fn rewatch(
+        self: Arc<Self>,
+        target: Uri,
+        mut headers: HeaderMap,
+        ours_auth: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, String>> + Send>> {
+        Box::pin(async move {
+            if ours_auth {
+                match self.credential_for(&headers).await {
+                    Ok(Some(auth)) => {
+                        headers.insert(header::AUTHORIZATION, auth);
+                    }
+                    Ok(None) => {}
+                    Err(resp) => return Err(format!("no credentials ({})", resp.status())),
+                }
+            }
+            let req = build(&Method::GET, &target, headers.clone(), RequestBody::Empty);
+            self.send(req, Some(&headers), true)
+                .await
+                .map_err(|resp| format!("no answer ({})", resp.status()))
+        })
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
 }
 
 pub(crate) fn build(

@@ -7,33 +7,39 @@
 //! closes. An upstream 4xx/5xx is relayed as is; any other answer is kubectl's
 //! `invalid upgrade response` error.
 
+use std::sync::Arc;
+
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tower_service::Service as _;
 
+use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::status::{self, Reason};
-use crate::proxy::{Peer, Proxy};
-use crate::upstream::{RequestBody, UpstreamBody};
+use crate::shutdown::Shutdown;
+use crate::upstream::{BoxError, Connector, RequestBody, UpstreamBody};
 
-pub async fn forward(
-    proxy: &Proxy,
-    mut req: Request<Incoming>,
-    target: Uri,
-    peer: Peer,
-) -> Response<ProxyBody> {
-    // Take the client side's upgrade future before the request is taken apart.
-    let client_side = hyper::upgrade::on(&mut req);
-    let (parts, body) = req.into_parts();
+/// What a tunnel needs from the proxy (borrowed, so this module does not depend on it).
+pub(crate) struct Tunnel<'a> {
+    pub connector: &'a Connector,
+    pub metrics: &'a Arc<Metrics>,
+    pub shutdown: &'a Shutdown,
+    /// The API server's origin, for the error message.
+    pub origin: String,
+}
+
+/// The request's headers as the proxy rewrote them (credentials, forwarding fields),
+/// with the upgrade asked for again: `Connection` is hop-by-hop, so the rewrite took it.
+pub(crate) fn upstream_request(
+    parts: http::request::Parts,
+    mut headers: http::HeaderMap,
+    body: Incoming,
+    target: &Uri,
+) -> Request<RequestBody> {
     let protocol = parts.headers.get(header::UPGRADE).cloned();
-    let mut headers = parts.headers;
-    let auth = match proxy.credential_for(&headers).await {
-        Ok(auth) => auth,
-        Err(resp) => return resp,
-    };
-    proxy.rewrite_request_headers(&mut headers, peer, auth);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     if let Some(p) = protocol {
         headers.insert(header::UPGRADE, p);
@@ -46,35 +52,35 @@ pub async fn forward(
         Some(pq) => Uri::from(pq.clone()),
         None => Uri::from_static("/"),
     };
+    upstream_req
+}
 
-    let mut connector = proxy.connector.clone();
-    let io = match connector.call(target).await {
-        Ok(io) => io,
-        Err(e) => return proxy.upstream_error(&*e),
-    };
-    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
+/// Sends the upgrade on a fresh connection and, on a `101`, joins the two sides. `Err`
+/// is a failure to reach the API server, for the proxy to answer as it answers any.
+pub(crate) async fn forward(
+    tunnel: Tunnel<'_>,
+    client_side: OnUpgrade,
+    upstream_req: Request<RequestBody>,
+    target: Uri,
+) -> Result<Response<ProxyBody>, BoxError> {
+    let mut connector = tunnel.connector.clone();
+    let io = connector.call(target).await?;
+    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(io)
-        .await
-    {
-        Ok(pair) => pair,
-        Err(e) => return proxy.upstream_error(&e),
-    };
+        .await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream upgrade connection ended: {e}");
         }
     });
-    let mut resp = match sender.send_request(upstream_req).await {
-        Ok(resp) => resp,
-        Err(e) => return proxy.upstream_error(&e),
-    };
-    proxy.metrics.upstream_answered();
+    let mut resp = sender.send_request(upstream_req).await?;
+    tunnel.metrics.upstream_answered();
 
-    match resp.status() {
+    Ok(match resp.status() {
         StatusCode::SWITCHING_PROTOCOLS => {
             let upstream_side = hyper::upgrade::on(&mut resp);
-            let guard = proxy.shutdown.guard();
-            let active = proxy.metrics.open(crate::metrics::Open::Upgrade);
+            let guard = tunnel.shutdown.guard();
+            let active = tunnel.metrics.open(crate::metrics::Open::Upgrade);
             tokio::spawn(async move {
                 let _guards = (guard, active);
                 match tokio::try_join!(client_side, upstream_side) {
@@ -104,9 +110,9 @@ pub async fn forward(
             Reason::InternalError,
             &format!(
                 "invalid upgrade response from the API server at {}: status code {}",
-                proxy.upstream.origin(),
+                tunnel.origin,
                 code.as_u16()
             ),
         ),
-    }
+    })
 }

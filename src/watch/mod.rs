@@ -21,14 +21,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, StatusCode, Uri, header};
+use http::{HeaderMap, Response, StatusCode, Uri, header};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::Metrics;
 use crate::metrics::ResumeResult;
-use crate::proxy::Proxy;
-use crate::upstream::{BoxError, RequestBody};
+use crate::upstream::BoxError;
 pub use scan::Scanner;
 
 /// The upstream response body a watch reads: the one place to change when the upstream
@@ -241,9 +241,25 @@ enum State {
     Done,
 }
 
+/// How a resumed watch sends its request again: through the proxy's own path (current
+/// credentials, `--request-timeout`, error mapping). A trait, so that this module does
+/// not depend on the proxy that builds watches.
+pub(crate) trait Rewatch: Send + Sync + 'static {
+    /// Sends `GET target` with `headers`, with the proxy's credential added when
+    /// `ours_auth`: the response, or why there is none (for the log).
+    fn rewatch(
+        self: Arc<Self>,
+        target: Uri,
+        headers: HeaderMap,
+        ours_auth: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<UpstreamBody>, String>> + Send>>;
+
+    fn metrics(&self) -> &Metrics;
+}
+
 /// The client's watch response body: the upstream stream, resumed as needed.
 pub struct Resuming {
-    proxy: Arc<Proxy>,
+    proxy: Arc<dyn Rewatch>,
     plan: Box<Plan>,
     scan: Scanner,
     out: VecDeque<Bytes>,
@@ -260,7 +276,7 @@ pub struct Resuming {
 }
 
 impl Resuming {
-    pub fn new(proxy: Arc<Proxy>, plan: Plan, body: UpstreamBody) -> Resuming {
+    pub fn new(proxy: Arc<dyn Rewatch>, plan: Plan, body: UpstreamBody) -> Resuming {
         let scan = Scanner::new(plan.start_rv.as_deref());
         Resuming {
             proxy,
@@ -286,7 +302,7 @@ impl Resuming {
         if self.fresh {
             // A resumed stream that broke again before any event still resumed.
             self.fresh = false;
-            self.proxy.metrics.watch_resume(ResumeResult::Resumed);
+            self.proxy.metrics().watch_resume(ResumeResult::Resumed);
         }
         // A stream that carried an event or lasted a while was healthy: a new outage.
         // One that a server ends at once, again and again, exhausts the attempts instead
@@ -340,7 +356,7 @@ impl Resuming {
     }
 
     fn give_up(&mut self, reason: String) {
-        self.proxy.metrics.watch_resume(ResumeResult::GaveUp);
+        self.proxy.metrics().watch_resume(ResumeResult::GaveUp);
         let err = GaveUp {
             path: self.path().to_owned(),
             attempts: self.attempts,
@@ -358,28 +374,15 @@ impl Resuming {
         let proxy = self.proxy.clone();
         let query = self.plan.resume_query(&self.scan.rv, Instant::now());
         let target = with_query(&self.plan.target, &query);
-        let mut headers = self.plan.headers.clone();
+        let headers = self.plan.headers.clone();
         let ours_auth = self.plan.ours_auth;
         Box::pin(async move {
             let Some(target) = target else {
                 return Attempt::GiveUp("the resumed request target is invalid".to_owned());
             };
-            if ours_auth {
-                match proxy.credential_for(&headers).await {
-                    Ok(Some(auth)) => {
-                        headers.insert(header::AUTHORIZATION, auth);
-                    }
-                    Ok(None) => {}
-                    Err(resp) => {
-                        return Attempt::Retry(format!("no credentials ({})", resp.status()));
-                    }
-                }
-            }
-            let req =
-                crate::proxy::build(&Method::GET, &target, headers.clone(), RequestBody::Empty);
-            let resp = match proxy.send(req, Some(&headers), true).await {
+            let resp = match proxy.rewatch(target, headers, ours_auth).await {
                 Ok(resp) => resp,
-                Err(resp) => return Attempt::Retry(format!("no answer ({})", resp.status())),
+                Err(why) => return Attempt::Retry(why),
             };
             let status = resp.status();
             if resumable_response(status, resp.headers()) {
@@ -402,7 +405,7 @@ impl Resuming {
             Attempt::Stream(body) => {
                 if let Some(at) = self.broke_at.take() {
                     self.proxy
-                        .metrics
+                        .metrics()
                         .watch_gap(now.saturating_duration_since(at));
                 }
                 tracing::info!(
@@ -417,7 +420,7 @@ impl Resuming {
                 self.state = State::Streaming(body);
             }
             Attempt::Expired(line) => {
-                self.proxy.metrics.watch_resume(ResumeResult::Expired);
+                self.proxy.metrics().watch_resume(ResumeResult::Expired);
                 tracing::info!(
                     path = self.path(),
                     resource_version = %self.scan.rv,
@@ -498,7 +501,7 @@ impl Body for Resuming {
                                 } else {
                                     ResumeResult::Resumed
                                 };
-                                this.proxy.metrics.watch_resume(result);
+                                this.proxy.metrics().watch_resume(result);
                             }
                         }
                         // Trailers: a watch has none, but pass them on.
