@@ -49,54 +49,22 @@ pub enum RunError {
     Record(#[from] record::RecordError),
 }
 
+/// What the flags alone decide, checked before anything else is read: a typo in one is
+/// reported even on a machine with no API server configured (whose error would
+/// otherwise hide it).
+struct Checked {
+    budget: Option<budget::Budget>,
+    policy: Option<Arc<policy::PolicyFile>>,
+    recorder: Option<Arc<record::Recorder>>,
+    prefix: ApiPrefix,
+    www: Option<Www>,
+    filter: Option<Filter>,
+    pod_namespace: String,
+}
+
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
-    // kubectl's own checks on its flags come first: nothing else needs to be read.
-    if cli.unix_socket.is_some() && cli.port != cli::DEFAULT_PORT {
-        return Err(RunError::UnixSocketWithPort);
-    }
-    let budget = budget::Budget::new(cli.qps, cli.burst)?;
-    let pod_namespace = || {
-        let sa_dir = cli
-            .service_account_dir
-            .clone()
-            .unwrap_or_else(|| config::DEFAULT_SERVICE_ACCOUNT_DIR.into());
-        gate::pod_namespace(cli.namespace.as_deref(), &sa_dir)
-    };
-    let policy = match &cli.policy {
-        Some(path) => Some(Arc::new(policy::PolicyFile::load(path, &pod_namespace())?)),
-        None => None,
-    };
-    let recorder = cli
-        .record_rbac
-        .as_deref()
-        .map(|path| Arc::new(record::Recorder::new(path, &pod_namespace())));
-    if let Some(rec) = &recorder {
-        // At start-up: an unwritable FILE is found now, not at exit.
-        rec.write_if_changed()?;
-    }
-    let (prefix, www) = match &cli.www {
-        Some(dir) => (
-            ApiPrefix::new(&cli.api_prefix).with_www(&cli.www_prefix)?,
-            Some(Www::new(dir.clone())),
-        ),
-        None => (ApiPrefix::new(&cli.api_prefix), None),
-    };
-    // The other flags come next, so that a typo in one is reported even on a machine
-    // with no API server configured (whose error would otherwise hide it).
-    let filter = if cli.disable_filter {
-        None
-    } else {
-        Some(Filter::new(&FilterSpec {
-            accept_hosts: &cli.accept_hosts,
-            accept_paths: &cli.accept_paths,
-            reject_paths: &cli.reject_paths,
-            reject_methods: &cli.reject_methods,
-        })?)
-    };
-    if cli.unix_socket.is_none() {
-        listener::socket_addr(&cli.address, cli.port).await?;
-    }
+    let checked = check_flags(&cli).await?;
     let upstream = config::resolve(&cli.overrides(), &Environment::from_process())?;
     let ignored = cli.ignored();
     if !ignored.is_empty() {
@@ -130,35 +98,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let connector = upstream::connector(&upstream, &tls, &opts);
     let client = upstream::client(connector.clone());
     let metrics = Arc::new(Metrics::default());
-    // HTTP/2 needs TLS (ALPN): a plain `http://` upstream stays on HTTP/1.1.
-    let h2_policy = match cli.upstream_http2 {
-        cli::UpstreamHttp2::Always => proxy::Http2Policy::Always,
-        _ => proxy::Http2Policy::LongRunning,
-    };
-    let h2 = (cli.upstream_http2 != cli::UpstreamHttp2::Never
-        && upstream.scheme == http::uri::Scheme::HTTPS)
-        .then(|| {
-            http::Uri::builder()
-                .scheme(upstream.scheme.clone())
-                .authority(upstream.authority.clone())
-                .path_and_query("/")
-                .build()
-                .ok()
-        })
-        .flatten()
-        .map(|origin| {
-            h2pool::H2Pool::new(
-                upstream::connector_h2(&upstream, &tls, &opts),
-                origin,
-                cli.connect_timeout,
-                h2pool::Health {
-                    interval: cli.upstream_ping_interval,
-                    timeout: cli.upstream_ping_timeout,
-                    ..h2pool::Health::default()
-                },
-                metrics.clone(),
-            )
-        });
+    let h2 = http2_pool(&cli, &upstream, &tls, &opts, &metrics);
     let (trigger, shutdown) = shutdown::channel();
     let open_files = listener::raise_open_files_limit();
     memory::spawn_trim();
@@ -191,9 +131,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     let times = creds.token_times();
     metrics.token_times(times.issued, times.expiry);
     let mut watched: Vec<Arc<dyn reload::Watched>> = Vec::new();
-    if let Some(p) = &policy {
+    if let Some(p) = &checked.policy {
         let rules = p.rules();
-        tracing::info!(policy = %p.path().display(), rules, namespace = %pod_namespace(), "enforcing --policy");
+        tracing::info!(policy = %p.path().display(), rules, namespace = %checked.pod_namespace, "enforcing --policy");
         if rules == 0 {
             tracing::warn!(
                 "--policy {} has no rules: every API request is refused",
@@ -203,23 +143,27 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         watched.push(p.clone());
     }
     let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone(), watched);
+    let recorder = checked.recorder.clone();
     let proxy = Arc::new(Proxy::new(proxy::Parts {
         upstream,
         client,
         h2,
-        h2_policy,
+        h2_policy: match cli.upstream_http2 {
+            cli::UpstreamHttp2::Always => proxy::Http2Policy::Always,
+            _ => proxy::Http2Policy::LongRunning,
+        },
         connector,
         creds,
-        filter,
-        prefix,
-        www,
+        filter: checked.filter,
+        prefix: checked.prefix,
+        www: checked.www,
         append_server_path: cli.append_server_path,
         shutdown: shutdown.clone(),
         gate: gate::Gate::new(gate::GateParts {
             metrics: metrics.clone(),
-            budget,
-            policy: policy.clone(),
-            recorder: recorder.clone(),
+            budget: checked.budget,
+            policy: checked.policy,
+            recorder: checked.recorder,
             access_log: cli.access_log,
         }),
         metrics,
@@ -231,21 +175,18 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!("admin endpoints on http://{addr} (/healthz, /readyz, /metrics)");
         }
-        admin::spawn(admin, proxy.clone(), shutdown.clone());
+        admin::spawn(admin, proxy.clone(), shutdown.clone(), serve_options(&cli));
     }
     let record_writer = recorder.clone().map(record::spawn_writer);
     let server = tokio::spawn(listener::serve(
         listener,
         proxy,
         shutdown,
-        listener::ServeOptions {
-            header_read_timeout: cli.header_read_timeout,
-            max_connections: cli.max_connections,
-        },
+        serve_options(&cli),
     ));
 
     // Handlers in place before the line below: a script may signal as soon as it reads it.
-    let mut signals = shutdown::Signals::new();
+    let signals = shutdown::Signals::new();
     // Start-up's scratch memory (config, regexes, TLS set-up) goes back before serving.
     memory::trim();
     // Scripts wait for exactly this line on stdout.
@@ -255,10 +196,136 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         out.flush().map_err(RunError::Stdout)?;
     }
 
+    drain(&cli, signals, &trigger, server).await;
+    if let Some(reload) = reload {
+        reload.abort();
+    }
+    if let Some(writer) = record_writer {
+        writer.abort();
+    }
+    if let Some(rec) = &recorder {
+        // What the last requests added; the file is complete when the proxy exits.
+        match rec.write_if_changed() {
+            Ok(_) => {
+                tracing::info!(file = %rec.path().display(), "--record-rbac: recorded RBAC written")
+            }
+            Err(e) => tracing::error!("{e}"),
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// kubectl's own checks on its flags, then ours: nothing else needs to be read.
+async fn check_flags(cli: &Cli) -> Result<Checked, RunError> {
+    if cli.unix_socket.is_some() && cli.port != cli::DEFAULT_PORT {
+        return Err(RunError::UnixSocketWithPort);
+    }
+    let budget = budget::Budget::new(cli.qps, cli.burst)?;
+    let pod_namespace = {
+        let sa_dir = cli
+            .service_account_dir
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_SERVICE_ACCOUNT_DIR.into());
+        gate::pod_namespace(cli.namespace.as_deref(), &sa_dir)
+    };
+    let policy = match &cli.policy {
+        Some(path) => Some(Arc::new(policy::PolicyFile::load(path, &pod_namespace)?)),
+        None => None,
+    };
+    let recorder = cli
+        .record_rbac
+        .as_deref()
+        .map(|path| Arc::new(record::Recorder::new(path, &pod_namespace)));
+    if let Some(rec) = &recorder {
+        // At start-up: an unwritable FILE is found now, not at exit.
+        rec.write_if_changed()?;
+    }
+    let (prefix, www) = match &cli.www {
+        Some(dir) => (
+            ApiPrefix::new(&cli.api_prefix).with_www(&cli.www_prefix)?,
+            Some(Www::new(dir.clone())),
+        ),
+        None => (ApiPrefix::new(&cli.api_prefix), None),
+    };
+    let filter = if cli.disable_filter {
+        None
+    } else {
+        Some(Filter::new(&FilterSpec {
+            accept_hosts: &cli.accept_hosts,
+            accept_paths: &cli.accept_paths,
+            reject_paths: &cli.reject_paths,
+            reject_methods: &cli.reject_methods,
+        })?)
+    };
+    if cli.unix_socket.is_none() {
+        listener::socket_addr(&cli.address, cli.port).await?;
+    }
+    Ok(Checked {
+        budget,
+        policy,
+        recorder,
+        prefix,
+        www,
+        filter,
+        pod_namespace,
+    })
+}
+
+/// The HTTP/2 pool, unless `--upstream-http2=false` or the upstream is plain `http://`
+/// (HTTP/2 needs TLS for ALPN).
+fn http2_pool(
+    cli: &Cli,
+    upstream: &config::Upstream,
+    tls: &Tls,
+    opts: &ConnectOptions,
+    metrics: &Arc<Metrics>,
+) -> Option<h2pool::H2Pool> {
+    if cli.upstream_http2 == cli::UpstreamHttp2::Never
+        || upstream.scheme != http::uri::Scheme::HTTPS
+    {
+        return None;
+    }
+    let origin = http::Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query("/")
+        .build()
+        .ok()?;
+    Some(h2pool::H2Pool::new(
+        upstream::connector_h2(upstream, tls, opts),
+        origin,
+        cli.connect_timeout,
+        h2pool::Health {
+            interval: cli.upstream_ping_interval,
+            timeout: cli.upstream_ping_timeout,
+            ..h2pool::Health::default()
+        },
+        metrics.clone(),
+    ))
+}
+
+/// The limits both listeners apply to their clients.
+fn serve_options(cli: &Cli) -> listener::ServeOptions {
+    listener::ServeOptions {
+        header_read_timeout: cli.header_read_timeout,
+        max_connections: cli.max_connections,
+    }
+}
+
+/// Waits for a signal, then drains: `--shutdown-delay` still serving (SIGTERM only),
+/// then no new connections, watches ended, and up to `--shutdown-grace` for the rest.
+/// A second signal exits at once.
+async fn drain(
+    cli: &Cli,
+    mut signals: shutdown::Signals,
+    trigger: &shutdown::Trigger,
+    server: tokio::task::JoinHandle<()>,
+) {
     let first = signals.recv().await;
     tokio::spawn(async move {
-        let again = signals.recv().await;
-        tracing::warn!("second signal ({again:?}): exiting now");
+        let second = signals.recv().await;
+        tracing::warn!("second signal ({second:?}): exiting now");
         std::process::exit(130);
     });
     if first == Signal::Terminate && !cli.shutdown_delay.is_zero() {
@@ -281,21 +348,4 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
             cli.shutdown_grace
         );
     }
-    if let Some(reload) = reload {
-        reload.abort();
-    }
-    if let Some(writer) = record_writer {
-        writer.abort();
-    }
-    if let Some(rec) = &recorder {
-        // What the last requests added; the file is complete when the proxy exits.
-        match rec.write_if_changed() {
-            Ok(_) => {
-                tracing::info!(file = %rec.path().display(), "--record-rbac: recorded RBAC written")
-            }
-            Err(e) => tracing::error!("{e}"),
-        }
-    }
-    tracing::info!("stopped");
-    Ok(())
 }

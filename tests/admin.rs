@@ -392,3 +392,46 @@ async fn a_token_that_is_not_a_jwt_has_no_expiry_gauge() {
     assert_eq!(scrape.value(EXPIRY), None, "{}", scrape.0);
     assert!(scrape.value(GET_200).is_none());
 }
+
+/// The admin listener binds every interface in the manifests, so a client there that
+/// never finishes its headers must not hold a connection for ever (issue 15).
+#[tokio::test]
+async fn an_admin_client_that_never_finishes_its_headers_is_disconnected() {
+    let (_api, _world, _proxy, admin) = setup_with(TOKEN, &["--header-read-timeout=1s"]).await;
+    let addr = admin.trim_start_matches("http://");
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    within(
+        "the slow admin connection to be closed",
+        slow.read_to_end(&mut rest),
+    )
+    .await
+    .ok();
+    let resp = client::get(&format!("{admin}/healthz")).await;
+    assert_eq!(resp.status, 200, "the admin listener still serves others");
+}
+
+/// `--max-connections` holds on the admin listener too, with the same clear 503.
+#[tokio::test]
+async fn admin_connections_beyond_max_connections_get_a_503_status() {
+    let (_api, _world, _proxy, admin) = setup_with(TOKEN, &["--max-connections=1"]).await;
+    let addr = admin.trim_start_matches("http://");
+    let mut held = TcpStream::connect(addr).await.unwrap();
+    held.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut status = [0u8; 12];
+    held.read_exact(&mut status).await.unwrap();
+    assert_eq!(&status, b"HTTP/1.1 200");
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    let mut refusal = Vec::new();
+    within("the refusal", second.read_to_end(&mut refusal))
+        .await
+        .unwrap();
+    let refusal = String::from_utf8_lossy(&refusal);
+    assert!(refusal.starts_with("HTTP/1.1 503"), "{refusal}");
+    assert!(refusal.contains("--max-connections"), "{refusal}");
+}

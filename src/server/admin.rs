@@ -8,13 +8,14 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -23,6 +24,7 @@ use crate::credentials::{Credentials, TokenSource};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::body::ProxyBody;
+use crate::server::{Accepted, Counted, ServeOptions, refuse};
 use crate::shutdown::Shutdown;
 
 /// The API server counts as up if it answered within this window.
@@ -45,19 +47,34 @@ pub async fn bind(addr: &str) -> Result<TcpListener, crate::server::ListenError>
     crate::server::bind(host, port).await
 }
 
-/// Serves the admin endpoints and keeps the readiness signal fresh.
-pub fn spawn(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown) {
+/// Streams an HTTP/2 admin client may open at once: a probe or a scrape needs one.
+const ADMIN_STREAMS: u32 = 16;
+
+/// Serves the admin endpoints and keeps the readiness signal fresh. The listener often
+/// binds every interface (the manifests' `0.0.0.0:8081`), so it has the main listener's
+/// limits: `--header-read-timeout` and `--max-connections` (counted on its own).
+pub fn spawn(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown, options: ServeOptions) {
     let admin = Arc::new(Admin {
         metrics: proxy.metrics.clone(),
         registry: proxy.metrics.registry(),
         creds: proxy.creds.clone(),
     });
     tokio::spawn(prober(proxy, shutdown.clone()));
+    let header_timeout =
+        (!options.header_read_timeout.is_zero()).then_some(options.header_read_timeout);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder.http2().max_concurrent_streams(ADMIN_STREAMS);
+    let builder = Arc::new(builder);
+    let open = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
-            let stream = tokio::select! {
+            let (stream, ip) = tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
+                    Ok((stream, addr)) => (stream, addr.ip()),
                     Err(e) => {
                         tracing::warn!("admin accept failed: {e}");
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -66,13 +83,20 @@ pub fn spawn(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown) {
                 },
                 () = shutdown.stopping() => return,
             };
-            let admin = admin.clone();
+            let max = options.max_connections;
+            if max > 0 && open.load(Ordering::Acquire) >= max {
+                tokio::spawn(refuse(Accepted::Tcp(stream, ip), max));
+                continue;
+            }
+            let counted = Counted::new(&open);
+            let (admin, builder) = (admin.clone(), builder.clone());
             tokio::spawn(async move {
+                let _counted = counted;
                 let service = service_fn(move |req| {
                     let admin = admin.clone();
                     async move { Ok::<_, Infallible>(admin.serve(&req)) }
                 });
-                let _ = auto::Builder::new(TokioExecutor::new())
+                let _ = builder
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             });

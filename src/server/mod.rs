@@ -227,7 +227,7 @@ fn go_errno_text(e: &std::io::Error) -> String {
 }
 
 /// One accepted connection.
-enum Accepted {
+pub(crate) enum Accepted {
     Tcp(tokio::net::TcpStream, IpAddr),
     Unix(UnixStream),
 }
@@ -499,10 +499,10 @@ impl ClientStream for UnixStream {
 }
 
 /// Counts one open connection until dropped.
-struct Counted(Arc<AtomicUsize>);
+pub(crate) struct Counted(Arc<AtomicUsize>);
 
 impl Counted {
-    fn new(open: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(open: &Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::AcqRel);
         Counted(open.clone())
     }
@@ -516,7 +516,7 @@ impl Drop for Counted {
 
 /// Answers a connection over `--max-connections` with a 503 Status and closes it; a
 /// client that does not read gets at most a second of our time.
-async fn refuse(accepted: Accepted, max: usize) {
+pub(crate) async fn refuse(accepted: Accepted, max: usize) {
     let message = format!(
         "kube-ambassador is serving its maximum of {max} connections (--max-connections; each h2c stream counts as one more); retry later"
     );
