@@ -11,7 +11,6 @@
 
 pub mod access;
 mod app;
-mod base64;
 pub mod cli;
 mod config;
 mod credentials;

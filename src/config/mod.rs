@@ -13,6 +13,11 @@ use std::path::{Path, PathBuf};
 use http::uri::{Authority, Scheme};
 use rustls_pki_types::ServerName;
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+
 use crate::credentials::{ExecSpec, Secret, TokenSource};
 use crate::tls::{CaSource, ClientCertSource};
 
@@ -384,16 +389,13 @@ fn from_kubeconfig(flags: &Overrides, sel: kubeconfig::Selected) -> Result<Upstr
             cluster: sel.cluster_name.clone(),
             files: sel.files.clone(),
         })?;
-    let ca_data =
-        match &cluster.certificate_authority_data {
-            Some(data) => Some(crate::base64::decode(data.as_bytes()).ok_or_else(|| {
-                ConfigError::BadBase64 {
-                    field: "certificate-authority-data",
-                    name: sel.cluster_name.clone(),
-                }
-            })?),
-            None => None,
-        };
+    let ca_data = match &cluster.certificate_authority_data {
+        Some(data) => Some(kubeconfig_data(data).ok_or_else(|| ConfigError::BadBase64 {
+            field: "certificate-authority-data",
+            name: sel.cluster_name.clone(),
+        })?),
+        None => None,
+    };
     let ca = if let Some(path) = &flags.certificate_authority {
         if flags.insecure_skip_tls_verify {
             return Err(ConfigError::CaWithInsecure);
@@ -621,7 +623,7 @@ fn kubeconfig_client_cert(
         (None, None) => None,
     };
     let decode = |field: &'static str, data: &str| {
-        crate::base64::decode(data.as_bytes()).ok_or_else(|| ConfigError::BadBase64 {
+        kubeconfig_data(data).ok_or_else(|| ConfigError::BadBase64 {
             field,
             name: sel.user_name.clone().unwrap_or_default(),
         })
@@ -694,7 +696,7 @@ fn exec_spec(
             obj["insecure-skip-tls-verify"] = true.into();
         }
         if let Some(ca) = ca {
-            obj["certificate-authority-data"] = crate::base64::encode(&ca).into();
+            obj["certificate-authority-data"] = STANDARD.encode(&ca).into();
         }
         if let Some(proxy) = c.proxy_url.as_ref().map(Secret::expose) {
             obj["proxy-url"] = proxy.into();
@@ -822,9 +824,48 @@ fn server_name_of(authority: &Authority) -> Option<ServerName<'static>> {
     ServerName::try_from(host.to_owned()).ok()
 }
 
+/// A kubeconfig `*-data` field, decoded as client-go does: Go's `encoding/json` reads a
+/// `[]byte` with `base64.StdEncoding`, which takes the standard alphabet only, skips
+/// `\r` and `\n` (wrapped data), and is not strict about the unused bits of the last
+/// character (Go's `Encoding.Strict` is off by default).
+fn kubeconfig_data(data: &str) -> Option<Vec<u8>> {
+    const GO_STD: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_padding_mode(DecodePaddingMode::RequireCanonical)
+            .with_decode_allow_trailing_bits(true),
+    );
+    let unwrapped: Vec<u8> = data
+        .bytes()
+        .filter(|b| !matches!(b, b'\r' | b'\n'))
+        .collect();
+    GO_STD.decode(unwrapped).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubeconfig_data_is_decoded_as_go_decodes_it() {
+        assert_eq!(kubeconfig_data("Zm9v\nYmFy").unwrap(), b"foobar", "wrapped");
+        assert_eq!(kubeconfig_data("Zm9vYg==").unwrap(), b"foob");
+        // Go's StdEncoding: not strict about the last character's unused bits.
+        assert_eq!(kubeconfig_data("Zh==").unwrap(), b"f");
+        assert!(
+            kubeconfig_data("-_8=").is_none(),
+            "the URL-safe alphabet is not Go's"
+        );
+        assert!(
+            kubeconfig_data("Zm9vYg").is_none(),
+            "StdEncoding wants its padding"
+        );
+        assert!(
+            kubeconfig_data("Zm9v YmFy").is_none(),
+            "only CR and LF are skipped"
+        );
+        assert!(kubeconfig_data("Zg==Zg").is_none());
+    }
     use clap::Parser;
 
     fn cli(args: &[&str]) -> Overrides {

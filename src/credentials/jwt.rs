@@ -3,6 +3,11 @@
 //! Only for metrics and the "not rotated" warning: the API server is the one that
 //! verifies tokens. A token that is not a JWT simply has no window.
 
+use base64::Engine as _;
+use base64::alphabet;
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+
 /// `iat` and `exp` claims, Unix seconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TokenTimes {
@@ -31,7 +36,13 @@ pub fn times(token: &[u8]) -> TokenTimes {
     else {
         return TokenTimes::default();
     };
-    let Some(json) = crate::base64::decode(payload) else {
+    // JWS segments are base64url without padding (RFC 7515 §2); a padded one is
+    // tolerated, as it harms nothing here.
+    const JWS: GeneralPurpose = GeneralPurpose::new(
+        &alphabet::URL_SAFE,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    let Ok(json) = JWS.decode(payload) else {
         return TokenTimes::default();
     };
     let Ok(claims) = serde_json::from_slice::<serde_json::Value>(&json) else {

@@ -11,6 +11,7 @@ pub mod exec;
 mod jwt;
 mod token_file;
 
+use base64::Engine as _;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -166,7 +167,7 @@ impl Credentials {
                 let raw = format!("{username}:{}", password.expose());
                 let mut v = HeaderValue::try_from(format!(
                     "Basic {}",
-                    crate::base64::encode(raw.as_bytes())
+                    base64::engine::general_purpose::STANDARD.encode(raw.as_bytes())
                 ))
                 .map_err(|_| CredentialsError::InvalidBasic)?;
                 v.set_sensitive(true);

@@ -6,10 +6,9 @@
 //! (they print its message and act on its reason and code), so every error the proxy
 //! originates is one of these.
 
-use std::fmt::Write as _;
-
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use serde::Serialize;
 
 use crate::proxy::body::ProxyBody;
 
@@ -64,44 +63,64 @@ pub struct Details<'a> {
     pub retry_after_seconds: Option<u64>,
 }
 
-/// Renders a `Status` object with `details` as JSON.
+/// apimachinery's `metav1.Status` as the API server writes it, fields in its order and
+/// `details`' fields left out when empty (`omitempty`).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct StatusJson<'a> {
+    kind: &'static str,
+    api_version: &'static str,
+    metadata: Metadata,
+    status: &'static str,
+    message: &'a str,
+    reason: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    details: Option<DetailsJson<'a>>,
+    code: u16,
+}
+
+#[derive(Serialize)]
+struct Metadata {}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DetailsJson<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    name: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    group: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_seconds: Option<u64>,
+}
+
+/// Renders a `Status` object with `details` as JSON, with a newline after it as Go's
+/// `json.Encoder` writes.
 pub fn body_with_details(
     code: StatusCode,
     reason: Reason,
     message: &str,
     details: Option<&Details<'_>>,
 ) -> String {
-    let mut out = String::with_capacity(message.len() + 160);
-    out.push_str(
-        r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":""#,
-    );
-    escape_json_into(message, &mut out);
-    out.push_str(r#"","reason":""#);
-    out.push_str(reason.as_str());
-    out.push('"');
-    if let Some(d) = details {
-        out.push_str(r#","details":{"#);
-        let mut first = true;
-        for (key, value) in [("name", d.name), ("group", d.group), ("kind", d.kind)] {
-            if value.is_empty() {
-                continue;
-            }
-            if !std::mem::take(&mut first) {
-                out.push(',');
-            }
-            let _ = write!(out, r#""{key}":""#);
-            escape_json_into(value, &mut out);
-            out.push('"');
-        }
-        if let Some(secs) = d.retry_after_seconds {
-            if !first {
-                out.push(',');
-            }
-            let _ = write!(out, r#""retryAfterSeconds":{secs}"#);
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, r#","code":{}}}"#, code.as_u16());
+    let status = StatusJson {
+        kind: "Status",
+        api_version: "v1",
+        metadata: Metadata {},
+        status: "Failure",
+        message,
+        reason: reason.as_str(),
+        details: details.map(|d| DetailsJson {
+            name: d.name,
+            group: d.group,
+            kind: d.kind,
+            retry_after_seconds: d.retry_after_seconds,
+        }),
+        code: code.as_u16(),
+    };
+    // Serialising borrowed strings and numbers cannot fail.
+    let mut out = serde_json::to_string(&status).unwrap_or_default();
+    out.push('\n');
     out
 }
 
@@ -235,6 +254,9 @@ pub fn for_discovery(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     text(StatusCode::BAD_GATEWAY, format!("{message}\n"))
 }
 
+/// Go's `html.EscapeString` (its five characters, its entities), for the links in the
+/// redirect and listing bodies Go writes. Hand-written: no crate in the tree escapes
+/// with Go's exact entities, and five `match` arms are less than a dependency.
 pub(crate) fn html_escape_into(s: &str, out: &mut String) {
     for c in s.chars() {
         match c {
@@ -243,23 +265,6 @@ pub(crate) fn html_escape_into(s: &str, out: &mut String) {
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&#34;"),
-            c => out.push(c),
-        }
-    }
-}
-
-/// Escapes a string for a JSON string literal (RFC 8259 §7).
-fn escape_json_into(s: &str, out: &mut String) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
             c => out.push(c),
         }
     }

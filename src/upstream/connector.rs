@@ -4,6 +4,7 @@
 //! fixed upstream origin (see `proxy`), so nothing a caller sends can make it dial
 //! anywhere else.
 
+use base64::Engine as _;
 use std::time::Duration;
 
 use std::future::Future;
@@ -68,7 +69,8 @@ impl Dial {
         if scheme == "http" {
             let mut tunnel = Tunnel::new(dst, tcp);
             if let Some((user, pass)) = creds {
-                let basic = crate::base64::encode(format!("{user}:{pass}").as_bytes());
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{user}:{pass}").as_bytes());
                 if let Ok(mut v) = http::HeaderValue::try_from(format!("Basic {basic}")) {
                     v.set_sensitive(true);
                     tunnel = tunnel.with_auth(v);
