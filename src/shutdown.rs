@@ -8,99 +8,66 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tokio_util::task::task_tracker::TaskTrackerToken;
 
-/// The shared shutdown state, cheap to clone.
+/// The shared shutdown state, cheap to clone: tokio-util's cancellation token (the stop)
+/// and task tracker (the count of connections and tunnels still running).
 #[derive(Clone)]
 pub struct Shutdown {
-    stopping: watch::Receiver<bool>,
-    active: Arc<Active>,
+    stop: CancellationToken,
+    active: TaskTracker,
 }
 
 /// The sending side, kept by `run`.
-pub struct Trigger {
-    tx: watch::Sender<bool>,
-    active: Arc<Active>,
-}
-
-struct Active {
-    count: AtomicUsize,
-    idle: Notify,
-}
+pub struct Trigger(Shutdown);
 
 /// Held by each connection and tunnel; dropping it counts it out.
-pub struct Guard(Arc<Active>);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle.notify_waiters();
-        }
-    }
-}
+pub type Guard = TaskTrackerToken;
 
 pub fn channel() -> (Trigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    let active = Arc::new(Active {
-        count: AtomicUsize::new(0),
-        idle: Notify::new(),
-    });
-    (
-        Trigger {
-            tx,
-            active: active.clone(),
-        },
-        Shutdown {
-            stopping: rx,
-            active,
-        },
-    )
+    let shutdown = Shutdown {
+        stop: CancellationToken::new(),
+        active: TaskTracker::new(),
+    };
+    (Trigger(shutdown.clone()), shutdown)
 }
 
 impl Shutdown {
     /// Counts a connection or tunnel as active until the guard drops.
     pub fn guard(&self) -> Guard {
-        self.active.count.fetch_add(1, Ordering::AcqRel);
-        Guard(self.active.clone())
+        self.active.token()
     }
 
     /// Resolves once the proxy stops (end of the drain delay).
     pub async fn stopping(&self) {
-        let mut rx = self.stopping.clone();
-        let _ = rx.wait_for(|s| *s).await;
+        self.stop.cancelled().await;
     }
 
     /// A boxed `stopping()`, for a watch body to end on.
     pub fn watches_end(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let mut rx = self.stopping.clone();
-        Box::pin(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        })
+        Box::pin(self.stop.clone().cancelled_owned())
     }
 }
 
 impl Trigger {
     /// Stops accepting, asks connections to finish, ends watches.
     pub fn stop(&self) {
-        let _ = self.tx.send(true);
+        self.0.stop.cancel();
+        // From now on `idle` may resolve: nothing new is counted in after the stop
+        // except what is already being accepted, which the tracker still waits for.
+        self.0.active.close();
     }
 
-    /// Resolves when no connection or tunnel is left.
+    /// Resolves when no connection or tunnel is left (after [`Trigger::stop`]).
     pub async fn idle(&self) {
-        loop {
-            let notified = self.active.idle.notified();
-            if self.active.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
+        self.0.active.wait().await;
     }
 
     pub fn active(&self) -> usize {
-        self.active.count.load(Ordering::Acquire)
+        self.0.active.len()
     }
 }
 
@@ -166,7 +133,6 @@ mod tests {
     #[tokio::test]
     async fn idle_waits_for_guards() {
         let (trigger, shutdown) = channel();
-        trigger.idle().await;
         let g1 = shutdown.guard();
         let g2 = shutdown.guard();
         assert_eq!(trigger.active(), 2);
@@ -174,6 +140,7 @@ mod tests {
         trigger.stop();
         stopping.await;
         drop(g1);
+        assert_eq!(trigger.active(), 1, "one guard still held after the stop");
         let waiter = tokio::spawn(async move { trigger.idle().await });
         drop(g2);
         waiter.await.unwrap();
