@@ -7,7 +7,10 @@
 //! to the API server over HTTP/1.1 or HTTP/2. `config`, `credentials`, `tls` and `reload`
 //! say where the API server is and keep its credentials current; `app` wires it all.
 //!
-//! Only what the binary, the fuzz targets and the tests use is public.
+//! Only what the binary, the fuzz targets and the tests use is public; the lint below
+//! keeps everything else `pub(crate)`.
+
+#![warn(unreachable_pub)]
 
 pub mod access;
 mod app;

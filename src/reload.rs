@@ -21,7 +21,7 @@ const SAFETY_NET: Duration = Duration::from_secs(10);
 const SAFETY_NET: Duration = Duration::from_secs(1);
 
 /// Observes reload outcomes (metrics hook up here).
-pub trait ReloadObserver: Send + Sync + 'static {
+pub(crate) trait ReloadObserver: Send + Sync + 'static {
     fn token_reloaded(&self, _outcome: Reload) {}
     fn ca_reloaded(&self, _ok: bool) {}
     /// The current token's `iat` and `exp` (Unix seconds), when it has them.
@@ -32,14 +32,14 @@ impl ReloadObserver for () {}
 
 /// Another file re-read by the same watcher when its directory changes (`--policy`; a
 /// ConfigMap volume swaps its `..data` symlink like the token's).
-pub trait Watched: Send + Sync + 'static {
+pub(crate) trait Watched: Send + Sync + 'static {
     fn watched_file(&self) -> &Path;
     /// Re-reads the file; keeps what it had if the file is bad (and says so).
     fn reload_blocking(&self);
 }
 
 /// Starts the reload task if anything can change; returns `None` when nothing can.
-pub fn spawn(
+pub(crate) fn spawn(
     creds: Arc<Credentials>,
     tls: Option<Arc<Tls>>,
     observer: Arc<dyn ReloadObserver>,
@@ -150,13 +150,13 @@ mod platform {
     use tokio::io::unix::AsyncFd;
 
     /// inotify on the watched directories; every batch of pending events is one wake-up.
-    pub struct DirEvents {
+    pub(super) struct DirEvents {
         fd: Option<AsyncFd<Inotify>>,
         buf: Vec<u8>,
     }
 
     impl DirEvents {
-        pub fn new(dirs: &[PathBuf]) -> Self {
+        pub(super) fn new(dirs: &[PathBuf]) -> Self {
             let fd = match Self::watch(dirs) {
                 Ok(fd) => Some(fd),
                 Err(e) => {
@@ -194,7 +194,7 @@ mod platform {
         }
 
         /// Resolves when one or more events arrived (all pending ones are consumed).
-        pub async fn next(&mut self) {
+        pub(super) async fn next(&mut self) {
             let Some(fd) = self.fd.as_mut() else {
                 return std::future::pending().await;
             };

@@ -22,12 +22,12 @@ pub struct Shutdown {
 }
 
 /// The sending side, kept by `run`.
-pub struct Trigger(Shutdown);
+pub(crate) struct Trigger(Shutdown);
 
 /// Held by each connection and tunnel; dropping it counts it out.
-pub type Guard = TaskTrackerToken;
+pub(crate) type Guard = TaskTrackerToken;
 
-pub fn channel() -> (Trigger, Shutdown) {
+pub(crate) fn channel() -> (Trigger, Shutdown) {
     let shutdown = Shutdown {
         stop: CancellationToken::new(),
         active: TaskTracker::new(),
@@ -54,7 +54,7 @@ impl Shutdown {
 
 impl Trigger {
     /// Stops accepting, asks connections to finish, ends watches.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         self.0.stop.cancel();
         // From now on `idle` may resolve: nothing new is counted in after the stop
         // except what is already being accepted, which the tracker still waits for.
@@ -62,18 +62,18 @@ impl Trigger {
     }
 
     /// Resolves when no connection or tunnel is left (after [`Trigger::stop`]).
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         self.0.active.wait().await;
     }
 
-    pub fn active(&self) -> usize {
+    pub(crate) fn active(&self) -> usize {
         self.0.active.len()
     }
 }
 
 /// Which signal arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(crate) enum Signal {
     Terminate,
     Interrupt,
 }
@@ -82,14 +82,14 @@ pub enum Signal {
 /// arrives before (or between) calls to [`Signals::recv`] is kept rather than lost, and
 /// never takes the default action (ending the process at once). Create it before
 /// announcing that the proxy serves, since scripts may signal as soon as they read that.
-pub struct Signals {
+pub(crate) struct Signals {
     #[cfg(unix)]
     streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
 impl Signals {
     /// Installs the handlers now (inside the runtime).
-    pub fn new() -> Signals {
+    pub(crate) fn new() -> Signals {
         #[cfg(unix)]
         {
             use tokio::signal::unix::{SignalKind, signal};
@@ -107,7 +107,7 @@ impl Signals {
     }
 
     /// Waits for the next SIGTERM or SIGINT.
-    pub async fn recv(&mut self) -> Signal {
+    pub(crate) async fn recv(&mut self) -> Signal {
         #[cfg(unix)]
         if let Some((term, int)) = &mut self.streams {
             return tokio::select! {

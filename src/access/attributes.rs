@@ -251,10 +251,10 @@ impl<'a> ListQuery<'a> {
                 "fieldSelector" => &mut selector,
                 _ => continue,
             };
-            if slot.is_none() {
-                if let Some(value) = query_unescape(v) {
-                    *slot = Some(value);
-                }
+            if slot.is_none()
+                && let Some(value) = query_unescape(v)
+            {
+                *slot = Some(value);
             }
         }
         let watch = watch.is_some_and(|v| v != "0" && !v.eq_ignore_ascii_case("false"));

@@ -99,7 +99,7 @@ impl Budget {
 }
 
 /// `Retry-After` in whole seconds (RFC 9110 §10.2.3), rounded up and at least 1.
-pub fn retry_after_secs(wait: Duration) -> u64 {
+pub(crate) fn retry_after_secs(wait: Duration) -> u64 {
     (wait.as_secs_f64().ceil() as u64).max(1)
 }
 

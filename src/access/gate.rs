@@ -73,20 +73,20 @@ impl Gate {
             call.recorded = rec.note(a);
         }
         // The policy first: a refused request costs no budget.
-        if let Some(policy) = &self.policy {
-            if !policy.allows(a) {
-                call.refused_locally = true;
-                if let (Some(rec), Some(entry)) = (&self.recorder, call.recorded) {
-                    rec.refused(entry, Refusal::Policy);
-                }
-                return Some(forbidden(a, policy.path()));
+        if let Some(policy) = &self.policy
+            && !policy.allows(a)
+        {
+            call.refused_locally = true;
+            if let (Some(rec), Some(entry)) = (&self.recorder, call.recorded) {
+                rec.refused(entry, Refusal::Policy);
             }
+            return Some(forbidden(a, policy.path()));
         }
-        if let Some(budget) = &self.budget {
-            if let Err(wait) = budget.take() {
-                self.metrics.throttled();
-                return Some(too_many_requests(a, wait));
-            }
+        if let Some(budget) = &self.budget
+            && let Err(wait) = budget.take()
+        {
+            self.metrics.throttled();
+            return Some(too_many_requests(a, wait));
         }
         None
     }
@@ -96,17 +96,18 @@ impl Gate {
         if let Some(labels) = call.labels {
             self.metrics.api_request(labels, code, elapsed);
         }
-        if code == 403 && !call.refused_locally {
-            if let (Some(rec), Some(entry)) = (&self.recorder, call.recorded) {
-                rec.refused(entry, Refusal::ApiServer);
-            }
+        if code == 403
+            && !call.refused_locally
+            && let (Some(rec), Some(entry)) = (&self.recorder, call.recorded)
+        {
+            rec.refused(entry, Refusal::ApiServer);
         }
     }
 }
 
 /// The pod's namespace: `--namespace`, else the service account's `namespace` file (as
 /// client-go's in-cluster loader reads it), else `default`.
-pub fn pod_namespace(flag: Option<&str>, service_account_dir: &Path) -> String {
+pub(crate) fn pod_namespace(flag: Option<&str>, service_account_dir: &Path) -> String {
     if let Some(ns) = flag.filter(|n| !n.is_empty()) {
         return ns.to_owned();
     }

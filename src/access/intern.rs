@@ -10,7 +10,7 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub struct Interner<K> {
+pub(crate) struct Interner<K> {
     slots: Box<[OnceLock<K>]>,
     len: AtomicUsize,
     bound: usize,
@@ -27,7 +27,7 @@ impl<K> std::fmt::Debug for Interner<K> {
 
 impl<K> Interner<K> {
     /// Room for `bound` keys, in a table twice as large so that probes stay short.
-    pub fn new(bound: usize) -> Self {
+    pub(crate) fn new(bound: usize) -> Self {
         let capacity = (bound.max(1) * 2).next_power_of_two();
         Interner {
             slots: (0..capacity).map(|_| OnceLock::new()).collect(),
@@ -37,18 +37,23 @@ impl<K> Interner<K> {
     }
 
     /// How many indices there can be (all below this).
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.slots.len()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed).min(self.bound)
     }
 
     /// The index of the key `eq` recognises, inserting `make()` if it is new; `None` when
     /// it is new and `bound` keys are already held. `hash` must be the same for equal
     /// keys.
-    pub fn index(&self, hash: u64, eq: impl Fn(&K) -> bool, make: impl Fn() -> K) -> Option<usize> {
+    pub(crate) fn index(
+        &self,
+        hash: u64,
+        eq: impl Fn(&K) -> bool,
+        make: impl Fn() -> K,
+    ) -> Option<usize> {
         let mask = self.slots.len() - 1;
         let mut i = (hash as usize) & mask;
         for _ in 0..self.slots.len() {
@@ -80,12 +85,12 @@ impl<K> Interner<K> {
         None
     }
 
-    pub fn get(&self, index: usize) -> Option<&K> {
+    pub(crate) fn get(&self, index: usize) -> Option<&K> {
         self.slots.get(index)?.get()
     }
 
     /// The keys held, with their indices, in table order.
-    pub fn iter(&self) -> impl Iterator<Item = (usize, &K)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &K)> {
         self.slots
             .iter()
             .enumerate()
@@ -94,7 +99,7 @@ impl<K> Interner<K> {
 }
 
 /// FNV-1a over the parts, each followed by a separator byte no part holds (`\0`).
-pub fn hash_parts(parts: &[&str]) -> u64 {
+pub(crate) fn hash_parts(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for &b in p.as_bytes().iter().chain(&[0u8]) {

@@ -24,11 +24,11 @@ use crate::access::attributes::Attributes;
 use crate::access::intern::{Interner, hash_parts};
 
 /// How often, at most, FILE is rewritten.
-pub const WRITE_EVERY: Duration = Duration::from_secs(2);
+pub(crate) const WRITE_EVERY: Duration = Duration::from_secs(2);
 /// Distinct (scope, group, resource, verb) kept; beyond, requests are not recorded.
 const ENTRIES: usize = 4096;
 /// The recorded objects' `metadata.name`.
-pub const NAME: &str = "kube-ambassador-recorded";
+pub(crate) const NAME: &str = "kube-ambassador-recorded";
 
 const SEEN: u8 = 1;
 const REFUSED_BY_SERVER: u8 = 2;
@@ -166,10 +166,10 @@ impl Recorder {
     }
 
     fn mark(&self, entry: usize, flag: u8) {
-        if let Some(f) = self.flags.get(entry) {
-            if f.fetch_or(flag, Ordering::Relaxed) & flag == 0 {
-                self.dirty.store(true, Ordering::Release);
-            }
+        if let Some(f) = self.flags.get(entry)
+            && f.fetch_or(flag, Ordering::Relaxed) & flag == 0
+        {
+            self.dirty.store(true, Ordering::Release);
         }
     }
 
@@ -343,7 +343,7 @@ fn quote(s: &str) -> String {
 
 /// Writes FILE every [`WRITE_EVERY`] while it changes; the caller writes once more at
 /// exit with [`Recorder::write_if_changed`].
-pub fn spawn_writer(rec: std::sync::Arc<Recorder>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_writer(rec: std::sync::Arc<Recorder>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(WRITE_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -2,11 +2,12 @@
 //! service-account directory, as client-go's `InClusterConfig` reads them.
 
 /// Where the kubelet mounts the service account.
-pub const DEFAULT_SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+pub(crate) const DEFAULT_SERVICE_ACCOUNT_DIR: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount";
 
 /// The environment variables that matter, captured once (tests build their own).
 #[derive(Debug, Clone, Default)]
-pub struct Environment {
+pub(crate) struct Environment {
     pub service_host: Option<String>,
     pub service_port: Option<String>,
     /// `KUBECONFIG`: a list of files.
@@ -16,7 +17,7 @@ pub struct Environment {
 }
 
 impl Environment {
-    pub fn from_process() -> Self {
+    pub(crate) fn from_process() -> Self {
         let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         Environment {
             service_host: get("KUBERNETES_SERVICE_HOST"),
@@ -29,7 +30,7 @@ impl Environment {
     }
 
     /// The in-cluster server URL (IPv6 host bracketed), `None` outside a pod.
-    pub fn in_cluster(&self) -> Result<Option<String>, super::ConfigError> {
+    pub(crate) fn in_cluster(&self) -> Result<Option<String>, super::ConfigError> {
         match (&self.service_host, &self.service_port) {
             (None, None) => Ok(None),
             (Some(_), None) => Err(super::ConfigError::PartialEnvironment {

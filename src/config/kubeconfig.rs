@@ -19,7 +19,7 @@ use crate::credentials::Secret;
 /// One file's contents (or several merged).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Kubeconfig {
+pub(crate) struct Kubeconfig {
     #[serde(default)]
     pub clusters: Option<Vec<NamedCluster>>,
     #[serde(default)]
@@ -31,21 +31,21 @@ pub struct Kubeconfig {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct NamedCluster {
+pub(crate) struct NamedCluster {
     pub name: String,
     #[serde(default)]
     pub cluster: Cluster,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct NamedUser {
+pub(crate) struct NamedUser {
     pub name: String,
     #[serde(default)]
     pub user: AuthInfo,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct NamedContext {
+pub(crate) struct NamedContext {
     pub name: String,
     #[serde(default)]
     pub context: Context,
@@ -53,7 +53,7 @@ pub struct NamedContext {
 
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub server: Option<String>,
     pub certificate_authority: Option<PathBuf>,
     pub certificate_authority_data: Option<String>,
@@ -71,14 +71,14 @@ pub struct Cluster {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct NamedExtension {
+pub(crate) struct NamedExtension {
     pub name: String,
     #[serde(default)]
     pub extension: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
-pub struct AuthInfo {
+pub(crate) struct AuthInfo {
     pub token: Option<Secret>,
     #[serde(rename = "tokenFile")]
     pub token_file: Option<PathBuf>,
@@ -105,7 +105,7 @@ pub struct AuthInfo {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ExecConfig {
+pub(crate) struct ExecConfig {
     pub command: String,
     #[serde(default)]
     pub args: Option<Vec<String>>,
@@ -121,7 +121,7 @@ pub struct ExecConfig {
 /// One `env` entry of an exec plugin; its `Debug` leaves out the value, which often
 /// holds a secret (cloud credentials).
 #[derive(Clone, Deserialize)]
-pub struct ExecEnv {
+pub(crate) struct ExecEnv {
     pub name: String,
     pub value: String,
 }
@@ -135,12 +135,12 @@ impl std::fmt::Debug for ExecEnv {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct AuthProvider {
+pub(crate) struct AuthProvider {
     pub name: String,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
-pub struct Context {
+pub(crate) struct Context {
     pub cluster: Option<String>,
     pub user: Option<String>,
 }
@@ -168,14 +168,14 @@ pub enum KubeconfigError {
 
 /// The merged configuration and the files it came from.
 #[derive(Debug)]
-pub struct Loaded {
+pub(crate) struct Loaded {
     pub config: Kubeconfig,
     pub files: Vec<PathBuf>,
 }
 
 /// What a chosen context resolves to.
 #[derive(Debug, Clone)]
-pub struct Selected {
+pub(crate) struct Selected {
     pub context: Option<String>,
     pub cluster_name: String,
     pub cluster: Cluster,
@@ -185,7 +185,7 @@ pub struct Selected {
 }
 
 /// Finds and merges kubeconfig files. `Ok(None)`: there is none to use.
-pub fn load(
+pub(crate) fn load(
     explicit: Option<&Path>,
     env: Option<&std::ffi::OsStr>,
     home: Option<&Path>,
@@ -234,10 +234,11 @@ fn read(path: &Path) -> Result<Kubeconfig, KubeconfigError> {
 /// Makes a file's relative paths relative to its directory (client-go `ResolvePaths`).
 fn absolutize(config: &mut Kubeconfig, base: &Path) {
     let fix = |p: &mut Option<PathBuf>| {
-        if let Some(path) = p {
-            if path.is_relative() && !path.as_os_str().is_empty() {
-                *path = base.join(&*path);
-            }
+        if let Some(path) = p
+            && path.is_relative()
+            && !path.as_os_str().is_empty()
+        {
+            *path = base.join(&*path);
         }
     };
     for c in config.clusters.iter_mut().flatten() {
@@ -278,7 +279,7 @@ fn merge(into: &mut Kubeconfig, from: Kubeconfig) {
 
 /// Names chosen on the command line.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Choice<'a> {
+pub(crate) struct Choice<'a> {
     pub context: Option<&'a str>,
     pub cluster: Option<&'a str>,
     pub user: Option<&'a str>,
@@ -287,7 +288,7 @@ pub struct Choice<'a> {
 impl Loaded {
     /// Why `select` found nothing with no names given: the files have no
     /// `current-context`. Lists the contexts there are, to pass with --context.
-    pub fn no_current_context(&self) -> String {
+    pub(crate) fn no_current_context(&self) -> String {
         let files = self
             .files
             .iter()
@@ -313,7 +314,7 @@ impl Loaded {
 
     /// Resolves the context. `Ok(None)` when nothing is selected at all (no current
     /// context and no names given): kubectl then falls back to in-cluster.
-    pub fn select(&self, choice: Choice<'_>) -> Result<Option<Selected>, KubeconfigError> {
+    pub(crate) fn select(&self, choice: Choice<'_>) -> Result<Option<Selected>, KubeconfigError> {
         let files = self
             .files
             .iter()

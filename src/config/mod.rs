@@ -6,7 +6,7 @@
 //! loaded by `credentials` and `tls`.
 
 mod in_cluster;
-pub mod kubeconfig;
+pub(crate) mod kubeconfig;
 
 use std::path::{Path, PathBuf};
 
@@ -21,7 +21,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STAN
 use crate::credentials::{ExecSpec, Secret, TokenSource};
 use crate::tls::{CaSource, ClientCertSource};
 
-pub use in_cluster::{DEFAULT_SERVICE_ACCOUNT_DIR, Environment};
+pub(crate) use in_cluster::{DEFAULT_SERVICE_ACCOUNT_DIR, Environment};
 
 /// The resolved upstream: where to connect, how to verify it, what to authenticate with.
 #[derive(Debug, Clone)]
@@ -184,7 +184,7 @@ pub struct Overrides {
 ///
 /// `--service-account-dir` asks for in-cluster mode explicitly: then only an explicit
 /// `--kubeconfig` is read, never `KUBECONFIG` or `~/.kube/config`.
-pub fn resolve(flags: &Overrides, env: &Environment) -> Result<Upstream, ConfigError> {
+pub(crate) fn resolve(flags: &Overrides, env: &Environment) -> Result<Upstream, ConfigError> {
     // Why a kubeconfig that was read selects nothing, for the "no API server" message.
     let mut unselected = None;
     if flags.kubeconfig.is_some() || flags.service_account_dir.is_none() {

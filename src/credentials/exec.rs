@@ -227,7 +227,7 @@ impl ExecSpec {
 
 /// Parses an RFC 3339 timestamp (`2026-11-27T07:00:00Z`, fractions and offsets allowed)
 /// to Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
+pub(crate) fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;

@@ -29,7 +29,7 @@ impl TokenTimes {
 }
 
 /// Reads the claims from a compact JWS (`header.payload.signature`).
-pub fn times(token: &[u8]) -> TokenTimes {
+pub(super) fn times(token: &[u8]) -> TokenTimes {
     let mut parts = token.split(|b| *b == b'.');
     let (Some(_), Some(payload), Some(_), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())

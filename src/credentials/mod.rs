@@ -7,7 +7,7 @@
 //! Only this module ever sees the token's bytes; everything else handles an opaque,
 //! sensitive `HeaderValue`.
 
-pub mod exec;
+pub(crate) mod exec;
 mod jwt;
 mod token_file;
 
@@ -22,11 +22,11 @@ use arc_swap::ArcSwapOption;
 use http::HeaderValue;
 use tokio::sync::Mutex;
 
-pub use exec::{ExecError, ExecSpec};
-pub use jwt::TokenTimes;
+pub(crate) use exec::{ExecError, ExecSpec};
+pub(crate) use jwt::TokenTimes;
 
 use crate::tls::Tls;
-pub use token_file::TokenFileError;
+pub(crate) use token_file::TokenFileError;
 
 /// A secret string: its `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq, serde::Deserialize)]
@@ -192,12 +192,12 @@ impl Credentials {
     /// The `Authorization` value for a request about to be sent: the cached value, after
     /// running the exec plugin if its credential is missing or expired.
     pub async fn for_request(&self) -> Result<Option<HeaderValue>, ExecError> {
-        if let Some(exec) = &self.exec {
-            if exec.stale(crate::credentials::unix_now()) {
-                // Boxed: running the plugin is rare; inline, its state would sit in
-                // every request's future.
-                Box::pin(self.run_exec(None)).await?;
-            }
+        if let Some(exec) = &self.exec
+            && exec.stale(crate::credentials::unix_now())
+        {
+            // Boxed: running the plugin is rare; inline, its state would sit in
+            // every request's future.
+            Box::pin(self.run_exec(None)).await?;
         }
         Ok(self.header())
     }
@@ -397,7 +397,7 @@ fn bearer(token: &str) -> Option<HeaderValue> {
 
 /// Seconds since the Unix epoch: the clock tokens' `iat`/`exp` and exec credentials'
 /// `expirationTimestamp` are written in (0 if the clock is before 1970).
-pub fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

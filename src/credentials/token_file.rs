@@ -24,7 +24,7 @@ pub enum TokenFileError {
 }
 
 /// Reads the file and returns the sensitive `Bearer …` header value.
-pub fn read(path: &Path) -> Result<HeaderValue, TokenFileError> {
+pub(super) fn read(path: &Path) -> Result<HeaderValue, TokenFileError> {
     let raw = std::fs::read(path).map_err(|source| TokenFileError::Read {
         path: path.to_owned(),
         source,

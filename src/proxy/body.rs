@@ -22,7 +22,7 @@ use crate::upstream::UpstreamBody;
 use crate::upstream::body::clean_trailers;
 use crate::www::FileBody;
 
-pub use crate::upstream::body::BoxError;
+pub(crate) use crate::upstream::body::BoxError;
 
 /// A response body: the API server's, a small body made by the proxy, a tracked response
 /// stream, or a static file (`--www`). (What goes upstream is a `RequestBody`.)
@@ -131,16 +131,16 @@ impl Body for ProxyBody {
             ProxyBody::Response(inner) => clean_trailers(Pin::new(inner).poll_frame(cx)),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Tracked(t) => {
-                if let Some(stop) = t.stop.as_mut() {
-                    if stop.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(None);
-                    }
+                if let Some(stop) = t.stop.as_mut()
+                    && stop.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(None);
                 }
                 let polled = clean_trailers(Pin::new(&mut t.inner).poll_frame(cx));
-                if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, t.log.as_mut()) {
-                    if let Some(data) = frame.data_ref() {
-                        log.bytes += data.len() as u64;
-                    }
+                if let (Poll::Ready(Some(Ok(frame))), Some(log)) = (&polled, t.log.as_mut())
+                    && let Some(data) = frame.data_ref()
+                {
+                    log.bytes += data.len() as u64;
                 }
                 polled
             }

@@ -558,20 +558,18 @@ impl Proxy {
             Ok(resp) => resp,
             Err(resp) => return resp,
         };
-        if resp.status() == StatusCode::UNAUTHORIZED && renewable {
-            if let (Some(sent), Some(mut headers)) = (sent, replay) {
-                if let Some(newer) = Box::pin(self.creds.refresh_after_unauthorized(&sent)).await {
-                    tracing::info!(
-                        "API server refused the credential; retrying with the renewed one"
-                    );
-                    headers.insert(header::AUTHORIZATION, newer);
-                    let retry = build(&method, &target, headers.clone(), RequestBody::Empty);
-                    resp = match Box::pin(self.send(retry, Some(&headers), long_lived)).await {
-                        Ok(resp) => resp,
-                        Err(resp) => return resp,
-                    };
-                }
-            }
+        if resp.status() == StatusCode::UNAUTHORIZED
+            && renewable
+            && let (Some(sent), Some(mut headers)) = (sent, replay)
+            && let Some(newer) = Box::pin(self.creds.refresh_after_unauthorized(&sent)).await
+        {
+            tracing::info!("API server refused the credential; retrying with the renewed one");
+            headers.insert(header::AUTHORIZATION, newer);
+            let retry = build(&method, &target, headers.clone(), RequestBody::Empty);
+            resp = match Box::pin(self.send(retry, Some(&headers), long_lived)).await {
+                Ok(resp) => resp,
+                Err(resp) => return resp,
+            };
         }
         if ours && resp.status() == StatusCode::UNAUTHORIZED {
             self.creds.unauthorized();

@@ -122,13 +122,14 @@ impl ApiPrefix {
         let api = raw_path.starts_with(self.prefix.as_str());
         // Both prefixes end in `/`, so when both match one contains the other: the longer
         // (more specific) pattern wins, as in the mux.
-        if let Some(www) = self.www.as_deref() {
-            if raw_path.starts_with(www) && !(api && self.prefix.len() > www.len()) {
-                return match percent_decode(&raw_path[www.len()..]) {
-                    Some(path) => Route::Static { path },
-                    None => Route::BadRequest,
-                };
-            }
+        if let Some(www) = self.www.as_deref()
+            && raw_path.starts_with(www)
+            && !(api && self.prefix.len() > www.len())
+        {
+            return match percent_decode(&raw_path[www.len()..]) {
+                Some(path) => Route::Static { path },
+                None => Route::BadRequest,
+            };
         }
         if !api {
             return Route::NotFound;

@@ -17,7 +17,7 @@ use crate::proxy::body::ProxyBody;
 /// beside it: the ones client-go's `NewGenericServerResponse`
 /// (k8s.io/apimachinery/pkg/api/errors) derives from a bare status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// 503: nothing to answer with now, try again (connection refused, no credential,
     /// too many connections).
     ServiceUnavailable,
@@ -48,14 +48,14 @@ impl Reason {
 }
 
 /// Renders a `Status` object as JSON.
-pub fn body(code: StatusCode, reason: Reason, message: &str) -> String {
+pub(crate) fn body(code: StatusCode, reason: Reason, message: &str) -> String {
     body_with_details(code, reason, message, None)
 }
 
 /// A Status's `details` (apimachinery's `StatusDetails`): the fields we fill, each left
 /// out when empty (`omitempty`), in the order the API server writes them.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Details<'a> {
+pub(crate) struct Details<'a> {
     pub name: &'a str,
     pub group: &'a str,
     /// The resource for a Forbidden error (`NewForbidden` puts it there).
@@ -97,7 +97,7 @@ struct DetailsJson<'a> {
 
 /// Renders a `Status` object with `details` as JSON, with a newline after it as Go's
 /// `json.Encoder` writes.
-pub fn body_with_details(
+pub(crate) fn body_with_details(
     code: StatusCode,
     reason: Reason,
     message: &str,
@@ -125,7 +125,7 @@ pub fn body_with_details(
 }
 
 /// Builds a response carrying a `Status` body with `details`.
-pub fn response_with_details<B: From<Bytes>>(
+pub(crate) fn response_with_details<B: From<Bytes>>(
     code: StatusCode,
     reason: Reason,
     message: &str,
@@ -142,7 +142,11 @@ pub fn response_with_details<B: From<Bytes>>(
 }
 
 /// Builds a complete response carrying a `Status` body.
-pub fn response<B: From<Bytes>>(code: StatusCode, reason: Reason, message: &str) -> Response<B> {
+pub(crate) fn response<B: From<Bytes>>(
+    code: StatusCode,
+    reason: Reason,
+    message: &str,
+) -> Response<B> {
     let mut resp = Response::new(B::from(Bytes::from(body(code, reason, message))));
     *resp.status_mut() = code;
     resp.headers_mut().insert(
@@ -157,7 +161,7 @@ pub fn response<B: From<Bytes>>(code: StatusCode, reason: Reason, message: &str)
 }
 
 /// A plain-text response as Go's `http.Error` writes it (kubectl's 403 and 404).
-pub fn text<B: From<Bytes>>(code: StatusCode, body: impl Into<Bytes>) -> Response<B> {
+pub(crate) fn text<B: From<Bytes>>(code: StatusCode, body: impl Into<Bytes>) -> Response<B> {
     let mut resp = Response::new(B::from(body.into()));
     *resp.status_mut() = code;
     let h = resp.headers_mut();
@@ -173,18 +177,21 @@ pub fn text<B: From<Bytes>>(code: StatusCode, body: impl Into<Bytes>) -> Respons
 }
 
 /// kubectl's answer to a filtered request.
-pub fn forbidden<B: From<Bytes>>() -> Response<B> {
+pub(crate) fn forbidden<B: From<Bytes>>() -> Response<B> {
     text(StatusCode::FORBIDDEN, "Forbidden\n")
 }
 
 /// kubectl's answer outside the API prefix (Go's `http.NotFound`).
-pub fn not_found<B: From<Bytes>>() -> Response<B> {
+pub(crate) fn not_found<B: From<Bytes>>() -> Response<B> {
     text(StatusCode::NOT_FOUND, "404 page not found\n")
 }
 
 /// Go's `http.Redirect` with 301, as `ServeMux` sends it for an unclean path: an HTML
 /// body for GET, a content type for GET and HEAD, nothing more for other methods.
-pub fn moved_permanently<B: From<Bytes>>(method: &http::Method, location: &str) -> Response<B> {
+pub(crate) fn moved_permanently<B: From<Bytes>>(
+    method: &http::Method,
+    location: &str,
+) -> Response<B> {
     let body = if method == http::Method::GET {
         let mut b = String::with_capacity(location.len() + 40);
         b.push_str("<a href=\"");
@@ -213,7 +220,7 @@ pub fn moved_permanently<B: From<Bytes>>(method: &http::Method, location: &str) 
 /// or `/apis` asking for `application/json;g=apidiscovery.k8s.io;...`
 /// (k8s.io/client-go/discovery `AcceptV2`, `AcceptV2Beta1`). `path` is the decoded path
 /// below the API prefix.
-pub fn is_discovery(method: &Method, path: &str, headers: &HeaderMap) -> bool {
+pub(crate) fn is_discovery(method: &Method, path: &str, headers: &HeaderMap) -> bool {
     method == Method::GET
         && matches!(path.trim_end_matches('/'), "/api" | "/apis")
         && headers.get_all(header::ACCEPT).iter().any(|v| {
@@ -234,7 +241,7 @@ pub fn is_discovery(method: &Method, path: &str, headers: &HeaderMap) -> bool {
 /// keeps it: kubectl prints `an error on the server ("<our message>") has prevented the
 /// request from succeeding`. Typed clients never send this Accept, and keep the Status.
 /// API server answers pass through untouched: only a body the proxy made is rewritten.
-pub fn for_discovery(resp: Response<ProxyBody>) -> Response<ProxyBody> {
+pub(crate) fn for_discovery(resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let ours = resp.status().is_server_error()
         && resp.headers().get(header::CONTENT_TYPE)
             == Some(&HeaderValue::from_static("application/json"))

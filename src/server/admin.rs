@@ -28,7 +28,7 @@ use crate::server::{Accepted, Counted, ServeOptions, refuse};
 use crate::shutdown::Shutdown;
 
 /// The API server counts as up if it answered within this window.
-pub const READY_WINDOW: Duration = Duration::from_secs(30);
+pub(crate) const READY_WINDOW: Duration = Duration::from_secs(30);
 /// With no answer for this long, the background task asks the API server itself.
 const PROBE_AFTER: Duration = Duration::from_secs(10);
 
@@ -39,7 +39,7 @@ struct Admin {
 }
 
 /// Binds the admin address.
-pub async fn bind(addr: &str) -> Result<TcpListener, crate::server::ListenError> {
+pub(crate) async fn bind(addr: &str) -> Result<TcpListener, crate::server::ListenError> {
     let (host, port) = addr
         .rsplit_once(':')
         .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
@@ -53,7 +53,12 @@ const ADMIN_STREAMS: u32 = 16;
 /// Serves the admin endpoints and keeps the readiness signal fresh. The listener often
 /// binds every interface (the manifests' `0.0.0.0:8081`), so it has the main listener's
 /// limits: `--header-read-timeout` and `--max-connections` (counted on its own).
-pub fn spawn(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Shutdown, options: ServeOptions) {
+pub(crate) fn spawn(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    shutdown: Shutdown,
+    options: ServeOptions,
+) {
     let admin = Arc::new(Admin {
         metrics: proxy.metrics.clone(),
         registry: proxy.metrics.registry(),

@@ -40,7 +40,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// MiB (the API server stream's 1 MiB window, and our send buffer: 64 KiB on an h2c
 /// stream, up to hyper's 400 KiB on an HTTP/1.1 connection), and without a limit an app's
 /// bug could pin memory and descriptors without bound.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 2048;
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 2048;
 
 /// The h2c budget of one client connection. hyper's defaults (200 streams, 1 MiB
 /// windows, 400 KiB send buffer per stream) let one connection pin about 1.4 MiB per
@@ -70,14 +70,14 @@ pub enum ListenError {
 }
 
 /// Where the proxy accepts connections.
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixSocket),
 }
 
 /// A bound unix socket; its file is removed when this is dropped (the accept loop has
 /// ended), unless something else has taken the path since.
-pub struct UnixSocket {
+pub(crate) struct UnixSocket {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the socket file we created, to recognise it at removal.
@@ -88,10 +88,8 @@ impl Drop for UnixSocket {
     fn drop(&mut self) {
         let ours = std::fs::symlink_metadata(&self.path)
             .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.id);
-        if ours {
-            if let Err(e) = std::fs::remove_file(&self.path) {
-                tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
-            }
+        if ours && let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
         }
     }
 }
@@ -105,7 +103,7 @@ impl From<TcpListener> for Listener {
 impl Listener {
     /// What the start-up line names: `127.0.0.1:8001`, `[::1]:8001`, or the socket path
     /// (kubectl prints Go's `Addr().String()`, which is the path for a unix socket).
-    pub fn local(&self) -> Result<String, ListenError> {
+    pub(crate) fn local(&self) -> Result<String, ListenError> {
         match self {
             Listener::Tcp(l) => {
                 l.local_addr()
@@ -121,7 +119,7 @@ impl Listener {
 }
 
 /// Resolves `--address` (`127.0.0.1`, `::1`, `[::1]`, `localhost`) and binds.
-pub async fn bind(address: &str, port: u16) -> Result<TcpListener, ListenError> {
+pub(crate) async fn bind(address: &str, port: u16) -> Result<TcpListener, ListenError> {
     let addr = socket_addr(address, port).await?;
     TcpListener::bind(addr)
         .await
@@ -133,7 +131,7 @@ pub async fn bind(address: &str, port: u16) -> Result<TcpListener, ListenError> 
 
 /// `--address` and `--port` as the socket address to bind (a name is looked up), checked
 /// at start-up before the upstream is resolved, so a bad flag is reported first.
-pub async fn socket_addr(address: &str, port: u16) -> Result<SocketAddr, ListenError> {
+pub(crate) async fn socket_addr(address: &str, port: u16) -> Result<SocketAddr, ListenError> {
     let host = address
         .strip_prefix('[')
         .and_then(|a| a.strip_suffix(']'))
@@ -156,7 +154,7 @@ pub async fn socket_addr(address: &str, port: u16) -> Result<SocketAddr, ListenE
 /// we remove only a stale one (nobody accepts on it) and refuse a live one, so a second
 /// proxy cannot silently steal the first one's clients. Anything that is not a socket is
 /// never touched.
-pub async fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
+pub(crate) async fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
     let fail = |reason: String| ListenError::BindUnix {
         path: path.to_owned(),
         reason,
@@ -249,7 +247,7 @@ impl Listener {
 /// kubectl since Go 1.19: each watch holds two descriptors (client and upstream), and the
 /// common soft default of 1024 would cap a sidecar at about 500 watches. Returns the
 /// limit now in force.
-pub fn raise_open_files_limit() -> Option<u64> {
+pub(crate) fn raise_open_files_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -274,7 +272,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
 
 /// Limits on client connections.
 #[derive(Debug, Clone, Copy)]
-pub struct ServeOptions {
+pub(crate) struct ServeOptions {
     /// How long a client may take to send a request's headers, including the wait for
     /// the next request on an idle keep-alive connection (slowloris guard; kubectl has
     /// none). Never applies while a response — a watch — or a tunnel is running.
@@ -295,7 +293,7 @@ impl Default for ServeOptions {
 
 /// Accepts until shutdown starts, then lets each connection finish gracefully. The
 /// listener is dropped on return, which removes a unix socket's file.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: Listener,
     proxy: Arc<Proxy>,
     shutdown: Shutdown,

@@ -11,7 +11,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use crate::proxy::headers;
 
 /// hyper's error type for bodies and connectors.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to the API server.
 #[derive(Debug, Default)]
@@ -59,10 +59,10 @@ impl Body for RequestBody {
 pub(crate) fn clean_trailers<E>(
     mut polled: Poll<Option<Result<Frame<Bytes>, E>>>,
 ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
-    if let Poll::Ready(Some(Ok(frame))) = &mut polled {
-        if let Some(trailers) = frame.trailers_mut() {
-            headers::strip_trailers(trailers);
-        }
+    if let Poll::Ready(Some(Ok(frame))) = &mut polled
+        && let Some(trailers) = frame.trailers_mut()
+    {
+        headers::strip_trailers(trailers);
     }
     polled
 }

@@ -35,7 +35,7 @@ pub struct Connector {
 /// How TCP reaches the API server: directly, or through the kubeconfig's `proxy-url`
 /// (an HTTP CONNECT tunnel or SOCKS5, as client-go supports).
 #[derive(Clone)]
-pub enum Dial {
+pub(crate) enum Dial {
     Direct(HttpConnector),
     Tunnel(Tunnel<HttpConnector>),
     Socks(SocksV5<HttpConnector>),
@@ -150,7 +150,7 @@ impl Service<Uri> for Connector {
 
 /// Connection settings.
 #[derive(Debug, Clone)]
-pub struct ConnectOptions {
+pub(crate) struct ConnectOptions {
     pub connect_timeout: Duration,
     /// TCP keep-alive period; zero disables it.
     pub keepalive: Duration,
@@ -158,13 +158,13 @@ pub struct ConnectOptions {
 
 /// The connector, shared by the pooled client and by upgrades (which need a fresh one).
 /// For a plain `http://` upstream the TLS settings are present but never used.
-pub fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
+pub(crate) fn connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
     build_connector(upstream, tls, opts, false)
 }
 
 /// The same connector offering `h2, http/1.1` in ALPN, for the HTTP/2 pool
 /// (`--upstream-http2`, see `h2pool`).
-pub fn connector_h2(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
+pub(crate) fn connector_h2(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions) -> Connector {
     build_connector(upstream, tls, opts, true)
 }
 

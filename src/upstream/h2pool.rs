@@ -218,7 +218,7 @@ impl ConnState {
 }
 
 /// A reserved stream slot; released on drop, however the request ends.
-pub struct Slot(Arc<ConnState>);
+pub(crate) struct Slot(Arc<ConnState>);
 
 impl Drop for Slot {
     fn drop(&mut self) {
@@ -479,10 +479,10 @@ impl H2Pool {
         }
         // ...and failed: every waiter gets that answer, instead of one dial (and one
         // connect timeout) after another.
-        if self.dials.load(Ordering::Acquire) != before {
-            if let Some(err) = &*last_failure {
-                return Err(H2Error::Dial(err.clone()));
-            }
+        if self.dials.load(Ordering::Acquire) != before
+            && let Some(err) = &*last_failure
+        {
+            return Err(H2Error::Dial(err.clone()));
         }
         let dialled = self.dial().await;
         self.dials.fetch_add(1, Ordering::AcqRel);
@@ -900,10 +900,10 @@ impl Drop for RecvBody {
                     inner.recv.trailers().await.is_ok()
                 })
                 .await;
-                if !matches!(drained, Ok(true)) {
-                    if let Some(reset) = inner.reset.as_mut() {
-                        reset.cancel();
-                    }
+                if !matches!(drained, Ok(true))
+                    && let Some(reset) = inner.reset.as_mut()
+                {
+                    reset.cancel();
                 }
             });
             return;

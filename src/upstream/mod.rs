@@ -19,15 +19,15 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub use body::{BoxError, RequestBody};
-pub use connector::{ConnectOptions, Connector, connector, connector_h2};
+pub(crate) use body::{BoxError, RequestBody};
+pub(crate) use connector::{ConnectOptions, Connector, connector, connector_h2};
 use h2pool::RecvBody;
 
 /// The HTTP/1.1 pool.
-pub type UpstreamClient = Client<Connector, RequestBody>;
+pub(crate) type UpstreamClient = Client<Connector, RequestBody>;
 
 /// The pooled client for ordinary requests.
-pub fn client(connector: Connector) -> UpstreamClient {
+pub(crate) fn client(connector: Connector) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())

@@ -29,11 +29,11 @@ use tokio::time::{Instant, Sleep};
 use crate::metrics::Metrics;
 use crate::metrics::ResumeResult;
 use crate::upstream::BoxError;
-pub use scan::Scanner;
+pub(crate) use scan::Scanner;
 
 /// The upstream response body a watch reads: the one place to change when the upstream
 /// client's body type changes.
-pub use crate::upstream::UpstreamBody;
+pub(crate) use crate::upstream::UpstreamBody;
 
 /// Resume attempts after one break before giving up.
 const MAX_ATTEMPTS: u32 = 8;
@@ -53,7 +53,7 @@ const MAX_STATUS_BODY: usize = 64 * 1024;
 /// Whether a request is a watch (not a followed log): `watch=1|true`, or the legacy
 /// `/api/v1/watch/…` and `/apis/GROUP/VERSION/watch/…` paths. `path` is decoded and below
 /// the API prefix.
-pub fn is_watch_request(path: &str, query: Option<&str>) -> bool {
+pub(crate) fn is_watch_request(path: &str, query: Option<&str>) -> bool {
     query_get(query, "watch").is_some_and(truthy)
         || path.split('/').nth(3) == Some("watch")
         || path.split('/').nth(4) == Some("watch")
@@ -73,7 +73,7 @@ fn query_get<'q>(query: Option<&'q str>, key: &str) -> Option<&'q str> {
 }
 
 /// What a resume needs from the original request, captured when it was forwarded.
-pub struct Plan {
+pub(crate) struct Plan {
     /// The upstream target as the client asked for it (before any parameter of ours).
     target: Uri,
     /// The upstream request's headers, without a credential the proxy added: a resume
@@ -95,7 +95,7 @@ impl Plan {
     /// `target` is the upstream request's; `headers` its headers after rewriting;
     /// `ours_auth` whether the proxy added the `Authorization` in them. `None` if the
     /// watch cannot be resumed (a protobuf or CBOR stream was asked for).
-    pub fn new(
+    pub(crate) fn new(
         target: &Uri,
         headers: &HeaderMap,
         ours_auth: bool,
@@ -142,7 +142,7 @@ impl Plan {
     /// `allowWatchBookmarks=true` when the stream starts with initial events and the
     /// client did not ask for bookmarks (a BOOKMARK is then the only resumable position;
     /// the proxy swallows them).
-    pub fn first_target(&mut self) -> Option<Uri> {
+    pub(crate) fn first_target(&mut self) -> Option<Uri> {
         if self.start_rv.is_some() || self.client_bookmarks {
             return None;
         }
@@ -201,7 +201,7 @@ fn with_query(uri: &Uri, query: &str) -> Option<Uri> {
 }
 
 /// Whether an upstream response is a JSON watch stream that can be resumed.
-pub fn resumable_response(status: StatusCode, headers: &HeaderMap) -> bool {
+pub(crate) fn resumable_response(status: StatusCode, headers: &HeaderMap) -> bool {
     status == StatusCode::OK && is_json(headers)
 }
 
@@ -217,7 +217,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// have with the upstream's own).
 #[derive(Debug, thiserror::Error)]
 #[error("the watch on {path} could not be resumed after {attempts} attempts: {reason}")]
-pub struct GaveUp {
+pub(crate) struct GaveUp {
     path: String,
     attempts: u32,
     reason: String,
@@ -258,7 +258,7 @@ pub(crate) trait Rewatch: Send + Sync + 'static {
 }
 
 /// The client's watch response body: the upstream stream, resumed as needed.
-pub struct Resuming {
+pub(crate) struct Resuming {
     proxy: Arc<dyn Rewatch>,
     plan: Box<Plan>,
     scan: Scanner,
@@ -276,7 +276,7 @@ pub struct Resuming {
 }
 
 impl Resuming {
-    pub fn new(proxy: Arc<dyn Rewatch>, plan: Plan, body: UpstreamBody) -> Resuming {
+    pub(crate) fn new(proxy: Arc<dyn Rewatch>, plan: Plan, body: UpstreamBody) -> Resuming {
         let scan = Scanner::new(plan.start_rv.as_deref());
         Resuming {
             proxy,
@@ -480,12 +480,12 @@ impl Body for Resuming {
             if let Some(data) = this.out.pop_front() {
                 return Poll::Ready(Some(Ok(Frame::data(data))));
             }
-            if let Some(deadline) = this.deadline.as_mut() {
-                if deadline.as_mut().poll(cx).is_ready() {
-                    // timeoutSeconds is up: the end the API server would give.
-                    this.state = State::Done;
-                    return Poll::Ready(None);
-                }
+            if let Some(deadline) = this.deadline.as_mut()
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                // timeoutSeconds is up: the end the API server would give.
+                this.state = State::Done;
+                return Poll::Ready(None);
             }
             match &mut this.state {
                 State::Streaming(body) => match Pin::new(body).poll_frame(cx) {

@@ -10,7 +10,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 /// An event line longer than this is passed on as it comes and the watch is no longer
 /// resumed (a Kubernetes object is at most ~1.5 MiB in etcd; 16 MiB leaves room).
-pub const MAX_LINE: usize = 16 << 20;
+pub(super) const MAX_LINE: usize = 16 << 20;
 
 /// The kinds of watch event the scanner tells apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,7 +23,7 @@ enum Kind {
 
 /// Splits the stream into event lines and tracks the position.
 #[derive(Default)]
-pub struct Scanner {
+pub(crate) struct Scanner {
     /// The current event's bytes, when it began in an earlier chunk.
     pub(super) partial: BytesMut,
     /// The last resourceVersion seen (valid when `sound`).
@@ -41,7 +41,7 @@ pub struct Scanner {
 
 impl Scanner {
     /// `start_rv`: the position the stream starts from, if it is one (see `Plan`).
-    pub fn new(start_rv: Option<&str>) -> Scanner {
+    pub(crate) fn new(start_rv: Option<&str>) -> Scanner {
         Scanner {
             sound: start_rv.is_some(),
             rv: start_rv.unwrap_or_default().to_owned(),
@@ -49,7 +49,7 @@ impl Scanner {
         }
     }
 
-    pub fn resumable(&self) -> bool {
+    pub(crate) fn resumable(&self) -> bool {
         self.sound && !self.terminal && !self.opaque
     }
 
@@ -60,7 +60,7 @@ impl Scanner {
 
     /// Takes one upstream chunk; what the client gets goes to `out` (whole events, as
     /// slices of `data` where they are whole in it). `swallow`: drop BOOKMARK events.
-    pub fn feed(&mut self, mut data: Bytes, swallow: bool, out: &mut VecDeque<Bytes>) {
+    pub(crate) fn feed(&mut self, mut data: Bytes, swallow: bool, out: &mut VecDeque<Bytes>) {
         if self.opaque {
             out.push_back(data);
             return;

@@ -7,10 +7,10 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 /// Go skips `Last-Modified` for an unknown or Unix-epoch time.
 pub(super) fn set_last_modified(h: &mut HeaderMap, modified: Option<SystemTime>) {
-    if let Some(t) = modified.filter(|t| *t > UNIX_EPOCH) {
-        if let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t)) {
-            h.insert(header::LAST_MODIFIED, v);
-        }
+    if let Some(t) = modified.filter(|t| *t > UNIX_EPOCH)
+        && let Ok(v) = HeaderValue::from_str(&httpdate::fmt_http_date(t))
+    {
+        h.insert(header::LAST_MODIFIED, v);
     }
 }
 

@@ -124,14 +124,14 @@ pub(super) fn lookup(root: &Path, rel: &Path, slash: bool) -> Result<Found, Serv
         return Ok(Found::AddSlash);
     }
     // Go falls back to the listing whatever kept the index from being opened.
-    if let Ok((file, meta, _)) = open_beneath(&root, &rel.join(INDEX)) {
-        if meta.is_file() {
-            return Ok(Found::File {
-                file,
-                meta,
-                index: true,
-            });
-        }
+    if let Ok((file, meta, _)) = open_beneath(&root, &rel.join(INDEX))
+        && meta.is_file()
+    {
+        return Ok(Found::File {
+            file,
+            meta,
+            index: true,
+        });
     }
     let mut entries = Vec::new();
     for entry in fs::read_dir(&real).map_err(ServeError::io(&real))? {

@@ -313,10 +313,10 @@ fn serve_file(
         Some(Err(RangeError::NoOverlap)) if size == 0 => Vec::new(),
         Some(Err(e)) => {
             let mut resp = status::text(StatusCode::RANGE_NOT_SATISFIABLE, e.text());
-            if e == RangeError::NoOverlap {
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
+            if e == RangeError::NoOverlap
+                && let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}"))
+            {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
             }
             return resp;
         }
