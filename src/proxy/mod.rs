@@ -4,10 +4,16 @@
 //! bodies: the credentials are an atomic load, bodies are passed through frame by frame.
 
 pub(crate) mod body;
+mod errors;
 pub mod filter;
 pub mod headers;
 pub mod router;
 pub(crate) mod status;
+mod target;
+
+use errors::{STALE_CONNECTION_RETRIES, SendError, classify, closed_connection, idempotent};
+pub use target::upstream_path_and_query;
+use target::{bad_request, build, host_error, is_watch};
 mod upgrade;
 
 use std::convert::Infallible;
@@ -17,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
@@ -30,7 +35,7 @@ use crate::proxy::body::{AccessLog, ProxyBody, Tracked};
 use crate::proxy::filter::Filter;
 use crate::proxy::router::{ApiPrefix, Route};
 use crate::shutdown::Shutdown;
-use crate::upstream::h2pool::{H2Error, H2Pool, Sent};
+use crate::upstream::h2pool::{H2Pool, Sent};
 use crate::upstream::{Connector, UpstreamClient};
 use crate::upstream::{RequestBody, UpstreamBody};
 use crate::watch::Rewatch;
@@ -643,78 +648,6 @@ impl Proxy {
     }
 }
 
-/// The path and query the API server is sent: `base` (the server URL's path, or `""`),
-/// then `raw_path` (the escaped path below the API prefix) and `query`, byte for byte but
-/// for bytes no URI may hold (see [`push_path`]). `None` if that is no valid request
-/// target. Pure, so `fuzz/` checks it against the filter's decision.
-pub fn upstream_path_and_query(
-    base: &str,
-    raw_path: &str,
-    query: Option<&str>,
-) -> Option<PathAndQuery> {
-    let mut pq = Vec::with_capacity(base.len() + raw_path.len() + query.map_or(0, |q| q.len() + 1));
-    push_path(&mut pq, base);
-    push_path(&mut pq, raw_path);
-    if let Some(q) = query {
-        pq.push(b'?');
-        pq.extend_from_slice(q.as_bytes());
-    }
-    PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
-}
-
-/// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (see
-/// [`crate::proxy::router::push_uri_escaped`], which the 301's Location uses too).
-fn push_path(out: &mut Vec<u8>, path: &str) {
-    crate::proxy::router::push_uri_escaped(out, path);
-}
-
-/// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:
-/// an HTTP/1.1 request without `Host` (CONNECT aside), a request with more than one, or
-/// one whose value has a byte no host can contain, gets a 400 and goes nowhere.
-///
-/// Userinfo (`user@`) in an absolute-form target or an h2c `:authority` gets the same
-/// 400: Go refuses it in `Host` (`httpguts.ValidHostHeader` has no `@`), RFC 9110 §4.2.4
-/// deprecates it in http URIs, and a proxy that judged `localhost:8001@evil.com` by its
-/// text would see `localhost`.
-fn host_error<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
-    if req
-        .uri()
-        .authority()
-        .is_some_and(|a| a.as_str().contains('@'))
-    {
-        return Some(bad_request(
-            "400 Bad Request: userinfo in the request target",
-        ));
-    }
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let body = match (hosts.next(), hosts.next()) {
-        (Some(_), Some(_)) => "400 Bad Request",
-        (None, _) if req.version() == Version::HTTP_11 && req.method() != Method::CONNECT => {
-            "400 Bad Request: missing required Host header"
-        }
-        (Some(h), None) if !h.as_bytes().iter().all(|&b| valid_host_byte(b)) => {
-            "400 Bad Request: malformed Host header"
-        }
-        _ => return None,
-    };
-    Some(bad_request(body))
-}
-
-/// Go's `httpguts.ValidHostHeader`, byte by byte.
-fn valid_host_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!$%&'()*+,-.:;=[]_~".contains(&b)
-}
-
-/// A 400 as Go's server writes it for a request it cannot parse: plain text, and the
-/// connection closed.
-fn bad_request(body: &'static str) -> Response<ProxyBody> {
-    let mut resp = status::text(StatusCode::BAD_REQUEST, body);
-    let h = resp.headers_mut();
-    h.remove(header::X_CONTENT_TYPE_OPTIONS);
-    h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    resp
-}
-
 impl Rewatch for Proxy {
     fn rewatch(
         self: Arc<Self>,
@@ -741,273 +674,6 @@ impl Rewatch for Proxy {
 
     fn metrics(&self) -> &Metrics {
         &self.metrics
-    }
-}
-
-pub(crate) fn build(
-    method: &Method,
-    target: &Uri,
-    headers: HeaderMap,
-    body: RequestBody,
-) -> Request<RequestBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = target.clone();
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    req
-}
-
-/// A watch or a followed log: a response that only ends when the server or client ends it.
-fn is_watch(path: &str, query: Option<&str>) -> bool {
-    let truthy = |key: &str| {
-        query.is_some_and(|q| {
-            q.split('&').any(|kv| {
-                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                k == key && (v == "true" || v == "1")
-            })
-        })
-    };
-    truthy("watch")
-        || truthy("follow")
-        || path.split('/').nth(3) == Some("watch")
-        || path.split('/').nth(4) == Some("watch")
-}
-
-/// Maps a client error to a status, a Status reason, a metric label and a short cause.
-fn classify(
-    err: &(dyn std::error::Error + 'static),
-) -> (StatusCode, Reason, UpstreamErrorKind, String) {
-    let mut cause: Option<String> = None;
-    let mut io_kind = None;
-    let mut tls = None;
-    let mut parse = false;
-    for e in chain(err) {
-        // The client's body failed, not the API server: say so.
-        // (`SendError` is transparent: its `source()` skips the `H2Error` it holds.)
-        let h2 = match e.downcast_ref::<SendError>() {
-            Some(SendError::Http2(h2)) => Some(h2),
-            _ => e.downcast_ref::<H2Error>(),
-        };
-        if let Some(H2Error::RequestBody(cause)) = h2 {
-            return (
-                StatusCode::BAD_GATEWAY,
-                Reason::InternalError,
-                UpstreamErrorKind::Other,
-                format!("the request body could not be sent: {cause}"),
-            );
-        }
-        if let Some(t) = e.downcast_ref::<rustls::Error>() {
-            tls = Some(t.to_string());
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            io_kind.get_or_insert(io.kind());
-        }
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            parse |= h.is_parse() || h.is_incomplete_message();
-        }
-        cause = Some(e.to_string());
-    }
-    let cause = cause.unwrap_or_else(|| err.to_string());
-    if let Some(tls) = tls {
-        return (
-            StatusCode::BAD_GATEWAY,
-            Reason::InternalError,
-            UpstreamErrorKind::Tls,
-            format!("TLS handshake failed: {tls}"),
-        );
-    }
-    match io_kind {
-        Some(std::io::ErrorKind::TimedOut) => (
-            StatusCode::GATEWAY_TIMEOUT,
-            Reason::Timeout,
-            UpstreamErrorKind::Timeout,
-            format!("connection timed out ({cause})"),
-        ),
-        Some(std::io::ErrorKind::ConnectionRefused) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Reason::ServiceUnavailable,
-            UpstreamErrorKind::Refused,
-            "connection refused".to_owned(),
-        ),
-        _ if parse => (
-            StatusCode::BAD_GATEWAY,
-            Reason::InternalError,
-            UpstreamErrorKind::Malformed,
-            format!("malformed response ({cause})"),
-        ),
-        _ => (
-            StatusCode::BAD_GATEWAY,
-            Reason::InternalError,
-            UpstreamErrorKind::Other,
-            cause,
-        ),
-    }
-}
-
-/// How many times a replayable request is sent again after meeting a closed connection.
-const STALE_CONNECTION_RETRIES: usize = 3;
-
-/// Methods that can be sent twice without harm (with no body: Go's rule).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
-}
-
-/// A failed attempt to get response headers from the API server.
-#[derive(Debug, thiserror::Error)]
-pub enum SendError {
-    #[error(transparent)]
-    Http1(#[from] hyper_util::client::legacy::Error),
-    #[error(transparent)]
-    Http2(#[from] H2Error),
-}
-
-/// The connection was established but closed or reset before a response arrived: what a
-/// kept-alive HTTP/1.1 connection the server has just closed looks like. (The HTTP/2
-/// pool sends again, itself, what was refused unprocessed or lost with its connection.)
-fn closed_connection(err: &SendError) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
-    let err: &(dyn std::error::Error + 'static) = match err {
-        SendError::Http1(e) if e.is_connect() => return false,
-        SendError::Http1(e) => e,
-        SendError::Http2(_) => return false,
-    };
-    chain(err).iter().any(|e| {
-        e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_incomplete_message)
-            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-                matches!(
-                    io.kind(),
-                    ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
-                )
-            })
-    })
-}
-
-/// An error and its sources; an `io::Error`'s wrapped error is visited too (its own
-/// `source()` skips it).
-fn chain<'a>(
-    err: &'a (dyn std::error::Error + 'static),
-) -> Vec<&'a (dyn std::error::Error + 'static)> {
-    let mut out = Vec::new();
-    let mut next = Some(err);
-    while let Some(e) = next {
-        out.push(e);
-        next = match e
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-        {
-            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
-            None => e.source(),
-        };
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_bytes_no_uri_may_hold_are_escaped_in_the_path() {
-        let escaped = |p: &str| {
-            let mut out = Vec::new();
-            push_path(&mut out, p);
-            String::from_utf8(out).unwrap()
-        };
-        assert_eq!(
-            escaped("/a%2Fb/c;d=e/[f]!'()*$&+,:@~"),
-            "/a%2Fb/c;d=e/[f]!'()*$&+,:@~"
-        );
-        assert_eq!(
-            escaped("/caf\u{e9}/a|b/{c}^\"\\"),
-            "/caf%C3%A9/a%7Cb/%7Bc%7D%5E%22%5C"
-        );
-    }
-
-    #[test]
-    fn host_header_checks_are_gos() {
-        let req = |version: Version, hosts: &[&str]| {
-            let mut b = Request::builder().version(version).uri("/api");
-            for h in hosts {
-                b = b.header(header::HOST, *h);
-            }
-            b.body(()).unwrap()
-        };
-        let refused = |r: &Request<()>| host_error(r).map(|resp| resp.status());
-        assert_eq!(refused(&req(Version::HTTP_11, &["localhost:8001"])), None);
-        assert_eq!(refused(&req(Version::HTTP_11, &["[::1]:8001"])), None);
-        // Empty is allowed (and the filter refuses it).
-        assert_eq!(refused(&req(Version::HTTP_11, &[""])), None);
-        assert_eq!(refused(&req(Version::HTTP_10, &[])), None);
-        assert_eq!(refused(&req(Version::HTTP_2, &[])), None);
-        let absolute = |target: &str| {
-            Request::builder()
-                .uri(target)
-                .header(header::HOST, "localhost")
-                .body(())
-                .unwrap()
-        };
-        for target in [
-            "http://localhost:8001@evil.com/version",
-            "http://evil.com@localhost:8001/",
-            "http://u:p@localhost/",
-        ] {
-            assert_eq!(
-                refused(&absolute(target)),
-                Some(StatusCode::BAD_REQUEST),
-                "{target}"
-            );
-        }
-        assert_eq!(refused(&absolute("http://localhost:8001/version")), None);
-        for bad in [
-            &[][..],
-            &["a", "b"],
-            &["local host"],
-            &["localhost/x"],
-            &["u@localhost"],
-        ] {
-            assert_eq!(
-                refused(&req(Version::HTTP_11, bad)),
-                Some(StatusCode::BAD_REQUEST),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn watch_detection() {
-        assert!(is_watch("/api/v1/pods", Some("watch=true")));
-        assert!(is_watch("/api/v1/pods", Some("limit=1&watch=1")));
-        assert!(is_watch(
-            "/api/v1/namespaces/d/pods/p/log",
-            Some("follow=true")
-        ));
-        assert!(is_watch("/api/v1/watch/pods", None));
-        assert!(is_watch("/apis/apps/v1/watch/deployments", None));
-        assert!(!is_watch("/api/v1/pods", Some("watch=false")));
-        assert!(!is_watch("/api/v1/pods", Some("nowatch=true")));
-        assert!(!is_watch("/api/v1/pods", None));
-    }
-
-    #[test]
-    fn io_wrapped_tls_error_is_classified() {
-        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
-        // hyper-rustls wraps the handshake's io::Error in another one.
-        let io = std::io::Error::other(io);
-        let (code, _, kind, msg) = classify(&io);
-        assert_eq!(kind, UpstreamErrorKind::Tls);
-        assert_eq!(code, StatusCode::BAD_GATEWAY);
-        assert!(msg.contains("TLS handshake failed"), "{msg}");
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
-        assert_eq!(classify(&refused).0, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(classify(&refused).2, UpstreamErrorKind::Refused);
-        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        assert_eq!(classify(&timeout).1, Reason::Timeout);
     }
 }
 
