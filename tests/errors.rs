@@ -7,10 +7,10 @@ mod support;
 
 use std::net::SocketAddr;
 
+use fake_apiserver::status_json;
 use http::StatusCode;
 use serde_json::Value;
 use support::client::{self, AbortOnDrop, Resp};
-use support::fake_api::status_json;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

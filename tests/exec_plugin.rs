@@ -16,9 +16,9 @@ use std::io::{Read as _, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
+use fake_apiserver::base64;
 use serde_json::{Value, json};
 use support::client;
-use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 
 const V1: &str = "client.authentication.k8s.io/v1";

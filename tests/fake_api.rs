@@ -6,6 +6,7 @@ mod support;
 use std::fs;
 
 use bytes::Bytes;
+use fake_apiserver::{pattern_bytes, websocket_accept};
 use futures::StreamExt;
 use http::{StatusCode, Version};
 use http_body_util::StreamBody;
@@ -16,7 +17,6 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 use support::client::{self, Https};
-use support::fake_api::{pattern_bytes, websocket_accept};
 use support::{FakeApi, FakeApiOptions, Pki, World, sha256_hex, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

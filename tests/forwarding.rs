@@ -14,9 +14,9 @@ use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use fake_apiserver::pattern_bytes;
 use serde_json::Value;
 use support::client::{self, AbortOnDrop};
-use support::fake_api::pattern_bytes;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, echoed_headers, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -15,8 +15,8 @@ use support::{assert_no_secrets, echoed_token, path_str, status_message};
 
 use std::path::{Path, PathBuf};
 
+use fake_apiserver::base64;
 use support::client;
-use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, Resp, World, within};
 
 const PODS: &str = "/api/v1/namespaces/default/pods";

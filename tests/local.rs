@@ -159,7 +159,7 @@ async fn the_filter_does_not_apply_to_static_files() {
 async fn a_large_static_file_arrives_intact() {
     let (api, world) = api_and_world().await;
     let dir = site(&world);
-    let data = support::fake_api::pattern_bytes(5 * 1024 * 1024 + 3);
+    let data = fake_apiserver::pattern_bytes(5 * 1024 * 1024 + 3);
     std::fs::write(dir.join("big.bin"), &data).unwrap();
     let proxy = Proxy::in_cluster(&world, &api, &[&arg("www", &dir)]).await;
     let resp = client::get(&proxy.url("/static/big.bin")).await;

@@ -12,8 +12,8 @@ use support::path_str;
 
 use std::path::{Path, PathBuf};
 
+use fake_apiserver::base64;
 use support::client;
-use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, Resp, World, within};
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).

@@ -10,12 +10,12 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
+use fake_apiserver::pattern_bytes;
 use futures::StreamExt as _;
 use http_body_util::StreamBody;
 use hyper::body::Frame;
 use sha2::{Digest, Sha256};
 use support::client::{self, StreamResp};
-use support::fake_api::pattern_bytes;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 
 const TOKEN: &str = "streaming-sa-token-a41c";

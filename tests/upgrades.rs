@@ -5,9 +5,9 @@
 
 mod support;
 
+use fake_apiserver::status_json;
 use http::StatusCode;
 use support::client::{self, Upgrade};
-use support::fake_api::status_json;
 use support::{FakeApi, Proxy, World, round_trip, sha256_hex, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

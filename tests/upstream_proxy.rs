@@ -14,8 +14,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use fake_apiserver::base64;
 use support::client::{self, AbortOnDrop};
-use support::fake_api::base64;
 use support::{FakeApi, FakeApiOptions, Pki, Proxy, World, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

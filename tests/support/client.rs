@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::task::JoinHandle;
 
-use super::{WAIT, within};
+use fake_apiserver::{WAIT, within};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ReqBody = UnsyncBoxBody<Bytes, BoxError>;

@@ -4,7 +4,6 @@
 use futures::StreamExt;
 
 use super::client::{self, Resp};
-#[cfg(test)]
 use super::proxy::Proxy;
 
 /// Clients at once.
@@ -47,7 +46,6 @@ pub async fn watch_and_leave_many(url: &str, n: usize) -> usize {
 
 /// Fails if the proxy's h2 ever reached its limit of locally reset streams (and so sent
 /// GOAWAY ENHANCE_YOUR_CALM on its own upstream connection).
-#[cfg(test)]
 pub fn assert_no_reset_limit(proxy: &Proxy) {
     let log = proxy.stderr();
     assert!(

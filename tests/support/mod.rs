@@ -1,64 +1,29 @@
-//! Shared test-support library for the integration tests (and the `fake-apiserver` example):
-//! certificates, a fake Kubernetes API server, a kubelet-style service-account directory,
-//! a launcher for the real binary and a small HTTP client.
+//! Shared test-support library for the integration tests: a launcher for the real binary,
+//! a small HTTP client, load and relay helpers, and the fake Kubernetes API server's
+//! pieces re-exported from the `fake-apiserver` crate (certificates, the server, a
+//! kubelet-style service-account directory).
 //!
 //! Each test binary includes this with `mod support;` and uses only part of it, hence the
 //! blanket `dead_code` allowance.
 #![allow(dead_code)]
 
 pub mod client;
-pub mod fake_api;
 pub mod load;
-pub mod pki;
-// The binary's path (`CARGO_BIN_EXE_*`) is only known to integration tests, not to examples.
-#[cfg(test)]
 pub mod proxy;
 pub mod relay;
-pub mod world;
-
-use std::future::Future;
-use std::time::Duration;
 
 // Re-exports for convenience; each test binary uses only some of them.
 #[allow(unused_imports)]
 pub use client::Resp;
 #[allow(unused_imports)]
-pub use fake_api::{FakeApi, FakeApiOptions, Seen};
-#[allow(unused_imports)]
-pub use pki::Pki;
-#[cfg(test)]
+pub use fake_apiserver::{FakeApi, FakeApiOptions, Pki, Seen, WAIT, World, hex, within};
 #[allow(unused_imports)]
 pub use proxy::{Proxy, ProxyAddr};
-#[allow(unused_imports)]
-pub use world::World;
-
-/// How long any `wait_*` helper waits before failing the test. Generous because CI
-/// machines are small and the proxy binary may be started cold.
-pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Lowercase hex SHA-256 of `data` (what `/echo` reports as `body_sha256`).
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex(&sha2::Sha256::digest(data))
-}
-
-/// Lowercase hex encoding.
-pub fn hex(data: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(data.len() * 2);
-    for b in data {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-/// Awaits `fut`, failing the test with `what` if it takes longer than [`WAIT`]: every wait in
-/// the tests is on an event, and this bound only turns a hang into a readable failure.
-pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(WAIT, fut).await {
-        Ok(v) => v,
-        Err(_) => panic!("timed out after {WAIT:?} waiting for {what}"),
-    }
 }
 
 /// Writes `msg` into an upgraded stream and reads back exactly as many bytes (the fake
@@ -95,7 +60,6 @@ pub fn path_str(p: &std::path::Path) -> String {
 }
 
 /// Fails the test if any of `secrets` reached the proxy's stderr.
-#[cfg(test)]
 pub fn assert_no_secrets(proxy: &Proxy, secrets: &[&str]) {
     let stderr = proxy.stderr();
     for s in secrets {
@@ -155,7 +119,7 @@ pub fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
 /// as a projected service-account token looks; the signature is not real.
 pub fn fake_jwt(iat: i64, exp: i64) -> String {
     let b64url = |s: &str| {
-        fake_api::base64(s.as_bytes())
+        fake_apiserver::base64(s.as_bytes())
             .trim_end_matches('=')
             .replace('+', "-")
             .replace('/', "_")
@@ -172,7 +136,6 @@ pub fn fake_jwt(iat: i64, exp: i64) -> String {
 
 /// The usual start: a fake API server accepting `token`, a kubelet-style service account
 /// holding it, and the proxy in cluster mode with `extra_args`.
-#[cfg(test)]
 pub async fn in_cluster_setup(token: &str, extra_args: &[&str]) -> (FakeApi, World, Proxy) {
     let pki = Pki::new();
     let api = FakeApi::start(FakeApiOptions::new(pki.clone()).tokens(&[token])).await;

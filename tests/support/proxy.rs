@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
-use super::fake_api::FakeApi;
-use super::world::World;
-use super::{WAIT, within};
+use fake_apiserver::{FakeApi, WAIT, World, within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-ambassador");
 const SERVE_PREFIX: &str = "Starting to serve on ";

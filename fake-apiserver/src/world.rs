@@ -42,7 +42,7 @@ impl World {
         w
     }
 
-    /// A World rooted at `base` (kept after drop: the `fake-apiserver` example uses this).
+    /// A World rooted at `base` (kept after drop: the `fake-apiserver` binary uses this).
     /// A `serviceaccount/` left there by an earlier run is removed first.
     pub fn at(base: &Path) -> World {
         let sa_dir = base.join("serviceaccount");

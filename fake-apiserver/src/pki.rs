@@ -1,6 +1,7 @@
 //! Certificates minted at test time with rcgen: a CA, a server certificate for the fake API
-//! server, and client certificates for mutual-TLS tests. Nothing is checked in, so no test
-//! can break because a fixture expired.
+//! server, and client certificates for mutual-TLS tests (the fake verifies them and names
+//! their CN in its request log). Nothing is checked in, so no test can break because a
+//! fixture expired.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -2,7 +2,7 @@
 //! service-account directory, so kube-ambassador can be tried without a cluster:
 //!
 //! ```text
-//! cargo run --example fake-apiserver -- --dir /tmp/ka-demo [--port N] [--pods N]
+//! cargo run -p fake-apiserver -- --dir /tmp/ka-demo [--port N] [--pods N]
 //!     [--tick-ms N] [--spread N] [--quiet]
 //! ```
 //!
@@ -23,14 +23,11 @@
 //! gets an event every N ms and no two arrive at once, so the latency measured is a hop's,
 //! not a queue's (`--tick-ms` sends each event to all its watches at the same instant).
 
-#[path = "../tests/support/mod.rs"]
-mod support;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use support::{FakeApi, FakeApiOptions, Pki, World};
+use fake_apiserver::{FakeApi, FakeApiOptions, Pki, World};
 
 const TOKEN: &str = "demo-token";
 const USAGE: &str =
