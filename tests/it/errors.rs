@@ -3,7 +3,7 @@
 //! (503, 504, 502) naming the API server and the cause, never the token; the API server's
 //! own error responses (404, 401) pass through unchanged.
 
-mod support;
+use crate::support;
 
 use std::net::SocketAddr;
 

@@ -6,7 +6,7 @@
 //! and no request target, `Host` header or `CONNECT` can send a request — or the token —
 //! anywhere but the configured API server. A plain-`http://` API server never gets a token.
 
-mod support;
+use crate::support;
 
 use support::client::RawResp as Raw;
 

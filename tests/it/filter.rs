@@ -5,7 +5,7 @@
 //! with kubectl's warning, and the API prefix. A refused request never reaches the API
 //! server.
 
-mod support;
+use crate::support;
 
 use support::client::RawResp as Raw;
 

@@ -4,7 +4,7 @@
 //! when it should: requests, durations, upstream errors, open connections, watches and
 //! tunnels, token and CA reloads, the token's expiry.
 
-mod support;
+use crate::support;
 
 use support::fake_jwt;
 

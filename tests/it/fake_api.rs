@@ -1,7 +1,7 @@
 //! Self-tests of the test-support library: the fake API server, the PKI and the
 //! service-account world behave as the proxy's integration tests assume.
 
-mod support;
+use crate::support;
 
 use std::fs;
 

@@ -3,21 +3,15 @@
 //! pieces re-exported from the `fake-apiserver` crate (certificates, the server, a
 //! kubelet-style service-account directory).
 //!
-//! Each test binary includes this with `mod support;` and uses only part of it, hence the
-//! blanket `dead_code` allowance.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod load;
 pub mod proxy;
 pub mod relay;
 
-// Re-exports for convenience; each test binary uses only some of them.
-#[allow(unused_imports)]
+// Re-exports for convenience.
 pub use client::Resp;
-#[allow(unused_imports)]
 pub use fake_apiserver::{FakeApi, FakeApiOptions, Pki, Seen, WAIT, World, hex, within};
-#[allow(unused_imports)]
 pub use proxy::{Proxy, ProxyAddr};
 
 /// Lowercase hex SHA-256 of `data` (what `/echo` reports as `body_sha256`).
@@ -147,7 +141,6 @@ pub async fn in_cluster_setup(token: &str, extra_args: &[&str]) -> (FakeApi, Wor
 /// `kubectl` on PATH for the tests that run it; `None` after saying why such a test
 /// skips. Under `CI` (set to anything but `false`/`0`) a missing kubectl fails the test
 /// instead, so a CI summary can never count skipped kubectl tests as passed.
-#[allow(dead_code)]
 pub fn kubectl(what: &str) -> Option<std::path::PathBuf> {
     let found = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
@@ -168,8 +161,10 @@ pub fn kubectl(what: &str) -> Option<std::path::PathBuf> {
 
 /// A port that was free a moment ago, taken from `low` up to the kernel's ephemeral range,
 /// so that no `bind(:0)` or outgoing connection of a test running alongside can take it
-/// meanwhile (`--admin-address` has no `:0` that could be read back). Each test binary
-/// passes its own `low`, should several run at once.
+/// meanwhile (`--admin-address` has no `:0` that could be read back). Each module passes
+/// its own `low` (they were separate binaries once); one counter serves them all in this
+/// process, and the starting point differs per process, should several test runs share
+/// the machine.
 pub fn free_port_from(low: u16) -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);

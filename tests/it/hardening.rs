@@ -2,7 +2,7 @@
 //! headers (slowloris), idle keep-alive connections, too many connections, oversized
 //! headers, and thousands of idle connections at once.
 
-mod support;
+use crate::support;
 
 use support::client;
 use support::{FakeApi, Proxy, World, within};

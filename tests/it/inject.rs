@@ -1,13 +1,13 @@
 //! `kube-ambassador inject` through the real binary: one golden file per kind (and a
 //! `kubectl get -o json` List, and an update of an older injection), each injected again
 //! to show it is idempotent and uninjected to show it comes out whole; errors name the
-//! document and the field. `UPDATE_GOLDEN=1 cargo test --test inject` rewrites the
+//! document and the field. `UPDATE_GOLDEN=1 cargo test --test it inject::` rewrites the
 //! golden files (then review the diff). .ci/deploy-checks.sh validates every golden
 //! output with kubernetes-validate --strict and checkov, as it does manifests/; here
 //! `kubectl apply --dry-run=client` reads each (where kubectl is installed; under `CI` it
 //! must be).
 
-mod support;
+use crate::support;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -4,7 +4,7 @@
 //! through intact in both directions, and a client that reads slowly holds the proxy's
 //! memory down through backpressure instead of making it buffer the whole response.
 
-mod support;
+use crate::support;
 
 use std::convert::Infallible;
 use std::time::Duration;

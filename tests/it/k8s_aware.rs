@@ -1,7 +1,7 @@
 //! Requests known by verb and resource, through the real binary: the per-resource metrics
 //! and access-log fields, the `--qps`/`--burst` budget, `--policy` and `--record-rbac`.
 
-mod support;
+use crate::support;
 
 use serde_json::Value;
 use support::client;

@@ -7,7 +7,7 @@
 //! The fake API server keeps a numbered event history (see its module comment), so events
 //! sent while it is down arrive on the resumed stream: "no gap" is checked on them.
 
-mod support;
+use crate::support;
 
 use support::relay::Relay;
 
@@ -436,8 +436,8 @@ async fn the_kube_crates_watch_stays_open_across_a_restart() {
     }
 }
 
-/// Soak (run by hand): `SOAK_CYCLES=N cargo test --test watch_resume soak -- --ignored
-/// --nocapture`. A reader takes events as they come while the API server is restarted,
+/// Soak (run by hand): `SOAK_CYCLES=N cargo test --test it watch_resume::soak --
+/// --ignored --nocapture`. A reader takes events as they come while the API server is restarted,
 /// has its connections cut, or ends its watches, in turn, with events sent all along;
 /// prints the events expected and received, missed and duplicated. `SOAK_HTTP1=1`: over
 /// HTTP/1.1 upstream.

@@ -4,8 +4,8 @@
 //! `Case::differs(…, difference, check)` names an entry of `DIFFERENCES` and checks our
 //! side (given kubectl's outcome and ours).
 
-use crate::harness::{Outcome, Req};
-use crate::{Case, Group, Kubeconfig, ROTATED_TOKEN, Step, TOKEN, Want};
+use super::harness::{Outcome, Req};
+use super::{Case, Group, Kubeconfig, ROTATED_TOKEN, Step, TOKEN, Want};
 
 const P: &str = "/api/v1/namespaces/default/pods";
 

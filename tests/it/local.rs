@@ -5,7 +5,7 @@
 //! (`--append-server-path`, or a warning), and kubectl's API-prefix table with the mux's
 //! redirect of a prefix named without its trailing slash.
 
-mod support;
+use crate::support;
 
 use support::{env_refs, in_cluster_env};
 

@@ -3,7 +3,7 @@
 //! reach the API server; an upstream refusal (403, 401) is relayed as is; closing the
 //! client's side closes the tunnel to the API server.
 
-mod support;
+use crate::support;
 
 use fake_apiserver::status_json;
 use http::StatusCode;

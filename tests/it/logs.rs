@@ -4,7 +4,7 @@
 //! writes one line per request with method, path, status, bytes and duration; a JWT
 //! token past 90% of its lifetime gets a warning that it has not been rotated.
 
-mod support;
+use crate::support;
 
 use support::fake_jwt;
 

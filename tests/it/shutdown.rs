@@ -3,7 +3,7 @@
 //! exits at once; open watches end cleanly; SIGINT skips the delay; a signal sent as soon
 //! as the start-up line is read is handled, not fatal.
 
-mod support;
+use crate::support;
 
 use std::os::unix::process::ExitStatusExt as _;
 

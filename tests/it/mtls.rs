@@ -6,7 +6,7 @@
 //! `Authorization` leaving the certificate in place, and half a pair refused at start-up.
 //! Key material never reaches the proxy's stderr.
 
-mod support;
+use crate::support;
 
 use support::path_str;
 

@@ -1,7 +1,7 @@
 //! Token and CA rotation through the real binary: the kubelet's atomic writer swaps
 //! `..data`, and requests never see a stale credential.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -169,7 +169,7 @@ async fn ca_rotation_is_used_by_new_connections_and_an_untrusted_server_never_ge
 
 /// Measures how long after the `..data` swap the first request carries the new token.
 /// Not a pass/fail timing test: run with
-/// `cargo test --release --test rotation -- --ignored --nocapture measure`.
+/// `cargo test --release --test it rotation::measure -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, prints figures"]
 async fn measure_token_pickup_delay() {

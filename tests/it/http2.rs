@@ -3,7 +3,7 @@
 //! connection holds as many streams as the server allows, the proxy opens another. Where
 //! the API server does not pick `h2` in ALPN, everything (upgrades too) goes over HTTP/1.1.
 
-mod support;
+use crate::support;
 
 use bytes::Bytes;
 use http::{StatusCode, Version};

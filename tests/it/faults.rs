@@ -9,7 +9,7 @@
 //! `stop()`/`restart()` returning); each request records the phase it started and ended in,
 //! so assertions never depend on how long anything took.
 
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

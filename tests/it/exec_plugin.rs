@@ -8,7 +8,7 @@
 //! the removed `auth-provider`s are refused at start-up. Tokens and keys never reach the
 //! proxy's stderr.
 
-mod support;
+use crate::support;
 
 use support::{assert_no_secrets, echoed_token, path_str, status_message};
 

@@ -12,17 +12,15 @@
 //! deliberate, the case names an entry of [`KNOWN_GAPS`] instead and pins today's
 //! behaviour, so that closing the gap shows.
 //!
-//! `COMPAT_REPORT=1 cargo test --test compat -- --nocapture` prints both outcomes of
+//! `COMPAT_REPORT=1 cargo test --test it compat:: -- --nocapture` prints both outcomes of
 //! every case.
 //!
 //! The whole suite skips, saying why, when `kubectl` is not on PATH (and fails instead
 //! when `CI` is set, so that CI never counts a skip as a pass).
 
-mod support;
+use crate::support;
 
-#[path = "compat/cases.rs"]
 mod cases;
-#[path = "compat/harness.rs"]
 mod harness;
 
 use std::path::{Path, PathBuf};
@@ -201,22 +199,22 @@ pub const NOT_SIDE_BY_SIDE: &[(&str, &str)] = &[
     (
         "log-escapes",
         "the cases compare answers and what reached the API server, not logs; \
-         tests/hardening.rs checks both log formats",
+         tests/it/hardening.rs checks both log formats",
     ),
     (
         "connection-budget",
         "kubectl proxy does not speak h2c, and reaching 2,048 connections through both \
-         proxies is a load test; tests/hardening.rs checks the budget with a small limit",
+         proxies is a load test; tests/it/hardening.rs checks the budget with a small limit",
     ),
     (
         "log-escapes",
         "the cases compare answers and what reached the API server, not logs; \
-         tests/hardening.rs checks both log formats",
+         tests/it/hardening.rs checks both log formats",
     ),
     (
         "connection-budget",
         "kubectl proxy does not speak h2c, and reaching 2,048 connections through both \
-         proxies is a load test; tests/hardening.rs checks the budget with a small limit",
+         proxies is a load test; tests/it/hardening.rs checks the budget with a small limit",
     ),
     (
         "configured-roots",
@@ -1041,6 +1039,6 @@ fn the_readme_lists_exactly_the_differences() {
         .collect();
     assert_eq!(
         readme, ours,
-        "the README's differences section and DIFFERENCES in tests/compat.rs disagree"
+        "the README's differences section and DIFFERENCES in tests/it/compat.rs disagree"
     );
 }

@@ -4,7 +4,7 @@
 //! there is no API server, no token file or an unknown flag, `--help`, and a start-up log
 //! line on stderr naming the upstream, the CA source and the token source, never the token.
 
-mod support;
+use crate::support;
 
 use support::{env_refs, in_cluster_env};
 

@@ -4,7 +4,7 @@
 //! what was refused unprocessed is sent again, a dead connection is found in seconds, and
 //! the protocol is chosen per request (`--upstream-http2=auto`).
 
-mod support;
+use crate::support;
 
 use support::relay::Relay;
 

@@ -9,7 +9,7 @@
 //! impersonation) and the flags `--as*`, `--disable-compression`, `--request-timeout`.
 //! Every test checks that no secret reaches the proxy's stderr.
 
-mod support;
+use crate::support;
 
 use support::{assert_no_secrets, echoed_token, path_str, status_message};
 

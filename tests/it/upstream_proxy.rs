@@ -6,7 +6,7 @@
 //! credentials in the URL become proxy authentication and never reach the logs; a
 //! refused tunnel is a Status error; an `https://` proxy is refused at start-up.
 
-mod support;
+use crate::support;
 
 use support::{assert_no_secrets, path_str};
 

