@@ -92,7 +92,7 @@ checkov -d manifests --framework kubernetes "${checkov_args[@]}"
 
 # ---------------------------------------------------------------------------- inject
 # `kube-ambassador inject`'s golden outputs (tests/inject/out/, checked against the binary
-# by tests/inject.rs) get the same checks as manifests/. A List's items are validated one
+# by tests/it/inject.rs) get the same checks as manifests/. A List's items are validated one
 # by one: kubernetes-validate has no schema for List itself.
 mapfile -t injected < <(find tests/inject/out -name '*.yaml' | sort)
 items_dir="$(mktemp -d)"

@@ -15,9 +15,9 @@ target=x86_64-unknown-linux-gnu
 # Cargo puts its output under CARGO_TARGET_DIR when that is set (a shared build cache).
 target_dir="${CARGO_TARGET_DIR:-target}"
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" --bin kube-ambassador
-cargo build --locked --example fake-apiserver
+cargo build --locked -p fake-apiserver
 bin="$target_dir/$target/release/kube-ambassador"
-fake="$target_dir/debug/examples/fake-apiserver"
+fake="$target_dir/debug/fake-apiserver"
 for built in "$bin" "$fake"; do
   if [[ ! -x "$built" ]]; then
     echo "static-root: $built was not built (is CARGO_TARGET_DIR or the build's target what this script expects?)" >&2

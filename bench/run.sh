@@ -104,7 +104,7 @@ fi
 log "building release binaries"
 # Two commands: built with the examples, the binary's dependencies would also take the
 # dev-dependencies' features, so it would not be the binary `cargo build --release` makes.
-cargo build --release --locked --example fake-apiserver --example bench-client --example tcp-forward >&2
+cargo build --release --locked --workspace --bin fake-apiserver --example bench-client --example tcp-forward >&2
 cargo build --release --locked --bin kube-ambassador >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 # The binary measured is the one the image ships (static glibc, as the Dockerfile builds
@@ -172,7 +172,7 @@ kv() { sed -n "s/^$1=//p" "$2" | head -1; }  # value of key=value line in a file
 
 # ---------------------------------------------------------------------------- servers
 log "starting the fake API server (500 pods; watch events: one a millisecond spread over $WATCHES namespaces, and one to all every $TICK_MS ms)"
-"$BIN/examples/fake-apiserver" --dir "$WORK/fake" --pods 500 --tick-ms "$TICK_MS" --spread "$WATCHES" --quiet \
+"$BIN/fake-apiserver" --dir "$WORK/fake" --pods 500 --tick-ms "$TICK_MS" --spread "$WATCHES" --quiet \
   >"$WORK/fake.env" 2>"$WORK/fake.log" &
 FAKE_PID=$!
 for _ in $(seq 100); do grep -q '^KUBECONFIG=' "$WORK/fake.env" 2>/dev/null && break; sleep 0.1; done

@@ -25,13 +25,13 @@ export CARGO_TARGET_DIR=$PWD/target/hot KUBE_AMBASSADOR_KEEP_SYMBOLS=1
 triple=x86_64-unknown-linux-gnu
 # The binary on its own: built together with an example, its dependencies would take the
 # dev-dependencies' features too, and every symbol hash would differ from the real build.
-cargo build --release --locked --example fake-apiserver
+cargo build --release --locked -p fake-apiserver
 cargo build --release --locked --bin kube-ambassador
 RUSTFLAGS="-C target-feature=+crt-static" \
   cargo build --release --locked --target "$triple" --bin kube-ambassador
 dynamic=$CARGO_TARGET_DIR/release/kube-ambassador
 static=$CARGO_TARGET_DIR/$triple/release/kube-ambassador
-fake=$CARGO_TARGET_DIR/release/examples/fake-apiserver
+fake=$CARGO_TARGET_DIR/release/fake-apiserver
 
 work=$(mktemp -d)
 pids=()
