@@ -517,13 +517,13 @@ async fn cmd_startup(a: &Args) -> Result<()> {
     let mut attempts = 0u64;
     let result = loop {
         attempts += 1;
-        if let Ok(resp) = target.get(target.path()).await {
-            if resp.status() == StatusCode::OK {
-                // Served means the whole body arrived.
-                let ok = resp.into_body().collect().await.is_ok();
-                if ok {
-                    break Ok(t0.elapsed());
-                }
+        if let Ok(resp) = target.get(target.path()).await
+            && resp.status() == StatusCode::OK
+        {
+            // Served means the whole body arrived.
+            let ok = resp.into_body().collect().await.is_ok();
+            if ok {
+                break Ok(t0.elapsed());
             }
         }
         if let Ok(Some(status)) = child.try_wait() {

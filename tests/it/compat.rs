@@ -530,10 +530,10 @@ async fn run_group(kubectl: &Path, group: Group) -> Vec<String> {
                 errs.extend(compare(&case.req, &ko, &oo));
                 if let Some(check) = &case.check {
                     for (side, o) in [("kubectl", &ko), ("ours", &oo)] {
-                        if o.seen.is_some() || matches!(case.want, Want::Made(_)) {
-                            if let Err(e) = check(o) {
-                                errs.push(format!("{side}: {e}"));
-                            }
+                        if (o.seen.is_some() || matches!(case.want, Want::Made(_)))
+                            && let Err(e) = check(o)
+                        {
+                            errs.push(format!("{side}: {e}"));
                         }
                     }
                 }
@@ -1020,11 +1020,12 @@ fn readme_differences() -> Vec<String> {
             .filter(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
         if let Some((_, text)) = numbered {
             items.push(text.to_owned());
-        } else if !trimmed.is_empty() && line.starts_with(' ') {
-            if let Some(last) = items.last_mut() {
-                last.push(' ');
-                last.push_str(trimmed);
-            }
+        } else if !trimmed.is_empty()
+            && line.starts_with(' ')
+            && let Some(last) = items.last_mut()
+        {
+            last.push(' ');
+            last.push_str(trimmed);
         }
     }
     items

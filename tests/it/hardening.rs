@@ -99,10 +99,10 @@ async fn connections_beyond_max_connections_get_a_clear_503_status() {
     drop(held.pop());
     let served = within("a connection to be accepted again", async {
         loop {
-            if let Ok(resp) = client::try_send("GET", &proxy.url(PODS), &[], "").await {
-                if resp.status == 200 {
-                    return resp;
-                }
+            if let Ok(resp) = client::try_send("GET", &proxy.url(PODS), &[], "").await
+                && resp.status == 200
+            {
+                return resp;
             }
             tokio::task::yield_now().await;
         }

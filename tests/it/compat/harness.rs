@@ -85,10 +85,9 @@ impl Kubectl {
                     .trim()
                     .strip_prefix("Starting to serve on ")
                     .and_then(Addr::parse)
+                    && let Some(tx) = tx.take()
                 {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(addr);
-                    }
+                    let _ = tx.send(addr);
                 }
             }
         });

@@ -224,10 +224,10 @@ impl Proxy {
                 .trim()
                 .strip_prefix(SERVE_PREFIX)
                 .and_then(ProxyAddr::parse);
-            if let Some(addr) = addr {
-                if let Some(tx) = addr_tx.take() {
-                    let _ = tx.send(addr);
-                }
+            if let Some(addr) = addr
+                && let Some(tx) = addr_tx.take()
+            {
+                let _ = tx.send(addr);
             }
         });
         match tokio::time::timeout(WAIT, addr_rx).await {
