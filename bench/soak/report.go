@@ -77,7 +77,10 @@ func window(faults []fault, start, end int64) *fault {
 
 // verdict says whether a failed request could have succeeded, and why.
 func verdict(f failure, w *fault) (bool, string) {
+	// Our DELETEs have no body: after a 401 the proxy sends any bodiless request again;
+	// after a connection died under it, only GET (Go's rule, src/proxy.rs `idempotent`).
 	bodiless := f.Method == "GET" || f.Method == "DELETE"
+	replayable := f.Method == "GET"
 	kind := "none"
 	if w != nil {
 		kind = w.Kind
@@ -90,11 +93,11 @@ func verdict(f failure, w *fault) (bool, string) {
 		}
 		return true, "sent after the restarted server was answering"
 	case "freeze":
-		if f.Start < w.End && !bodiless {
-			return false, "a request with a body in flight on a frozen connection may have been processed: not retried"
+		if f.Start < w.End && !replayable {
+			return false, "in flight on a frozen connection, and not a GET: it may have been processed, so it is not sent again"
 		}
 		if f.Start < w.End {
-			return true, "a bodiless request on a frozen connection: had the pool found it dead (the HTTP/2 pool pings), it could have sent it again on a fresh one"
+			return true, "a GET on a frozen connection: had the proxy found the connection dead (its HTTP/2 pool pings; nothing watches its HTTP/1.1 connections), it could have sent it again on a fresh one"
 		}
 		return true, "sent after the freeze ended"
 	case "token":
