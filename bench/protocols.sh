@@ -22,6 +22,8 @@ TOKEN=bench-token
 POD=/api/v1/namespaces/default/pods/pod-0
 LIST=/api/v1/namespaces/default/pods
 unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy NO_PROXY no_proxy
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -104,23 +106,21 @@ RAW=$WORK/raw.tsv
 
 # run TARGET WORKLOAD CONNS PATH -> appends "workload conns target req/s failed cpu_us"
 run() {
-  local target=$1 workload=$2 conns=$3 path=$4 rate failed out threads=$((conns < 2 ? conns : 2))
+  local target=$1 workload=$2 conns=$3 path=$4 rate failed out threads
+  threads=$((conns < 2 ? conns : 2))
   local pid=${PID[$target]:-} before=0 after=0 done_n
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
   case $target in
   wrk-direct)
     out=$(wrk -t$threads -c"$conns" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" "$API$path" 2>&1) ;;
   h2load-direct)
-    out=$(h2load -D "$SECS" -c"$conns" -m1 -t$threads -H "authorization: Bearer $TOKEN" "$API$path" 2>&1) ;;
+    out=$(h2load_run "$SECS" "$conns" "$API$path" -H "authorization: Bearer $TOKEN") || out="" ;;
   *)
     out=$(wrk -t$threads -c"$conns" -d"${SECS}s" "http://127.0.0.1:${PORT[$target]}$path" 2>&1) ;;
   esac
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   if [ "$target" = h2load-direct ]; then
-    rate=$(sed -n 's/.*finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
-    failed=$(sed -n 's/^requests: .* \([0-9]*\) failed, \([0-9]*\) errored.*/\1+\2/p' <<<"$out")
-    failed=$((${failed:-0}))
-    done_n=$(sed -n 's/^requests: .* \([0-9]*\) succeeded.*/\1/p' <<<"$out")
+    rate=$(kv_of rps "$out") failed=$(kv_of failed "$out") done_n=$(kv_of requests "$out")
   else
     rate=$(sed -n 's/^Requests\/sec: *\([0-9.]*\)/\1/p' <<<"$out")
     local non2xx errs

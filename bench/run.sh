@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Benchmark: a direct TLS client vs kube-ambassador vs `kubectl proxy` (and nginx as a
-# reference reverse proxy, and a TCP pass-through as the cost of the hop alone), in front
-# of the fake API server, on this machine, in one run.
+# Benchmark: a direct TLS client (wrk over HTTP/1.1, and h2load over HTTP/2 as a pod's
+# client-go talks) vs kube-ambassador vs `kubectl proxy` (and nginx as a reference
+# reverse proxy, and a TCP pass-through as the cost of the hop alone), in front of the
+# fake API server, on this machine, in one run. Every workload counts its failed
+# requests; the report's second line says whether there were any.
 # See bench/README.md.
 #
 #   bench/run.sh                     # about 8 minutes (after the release builds)
@@ -55,6 +57,8 @@ WATCH_PATH='/api/v1/namespaces/bench-spread-{i}/pods?watch=1&resourceVersion=1'
 FANOUT_PATH='/api/v1/namespaces/bench-ticks/pods?watch=1&resourceVersion=1'
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
@@ -72,6 +76,9 @@ if ! command -v wrk >/dev/null 2>&1; then
     { "${SUDO[@]}" apt-get update >/dev/null && "${SUDO[@]}" apt-get install -y wrk >/dev/null; } ||
     die "could not install wrk"
 fi
+# h2load: the direct HTTP/2 client (a pod's client-go talks HTTP/2), in the wrk workloads.
+H2LOAD=$(command -v h2load || true)
+[ -n "$H2LOAD" ] || log "h2load not found: skipping the direct HTTP/2 target (apt-get install nghttp2-client)"
 KUBECTL=$(command -v kubectl || true)
 TARGETS=(direct kube-ambassador)
 if [ -n "$KUBECTL" ]; then
@@ -207,7 +214,7 @@ alive() {
 
 url_of() {
   case $1 in
-    direct) echo "$DIRECT" ;;
+    direct | direct-h2) echo "$DIRECT" ;;
     kube-ambassador) echo "http://127.0.0.1:$PORT_KA" ;;
     kubectl-proxy) echo "http://127.0.0.1:$PORT_KC" ;;
     nginx) echo "http://127.0.0.1:$PORT_NG" ;;
@@ -216,7 +223,7 @@ url_of() {
 }
 pid_of() {
   case $1 in
-    direct) echo '' ;;
+    direct | direct-h2) echo '' ;;
     kube-ambassador) echo "$KA_PID" ;;
     kubectl-proxy) echo "$KC_PID" ;;
     nginx) echo "$NG_WORKER" ;;
@@ -226,7 +233,7 @@ pid_of() {
 # Client arguments for bench-client: the direct target needs the CA and the token.
 client_args() { if [ "$1" = direct ]; then echo "--ca $CA --token $TOKEN"; fi; }
 # wrk's: the targets that reach the fake's TLS (direct, and through the pass-through) need the token.
-wrk_auth() { case $1 in direct | pass-through) echo "Authorization: Bearer $TOKEN" ;; esac; }
+wrk_auth() { case $1 in direct | direct-h2 | pass-through) echo "Authorization: Bearer $TOKEN" ;; esac; }
 
 wait_ok() {  # URL [bench-client args]
   local i
@@ -344,6 +351,7 @@ else
   wait_ok "https://127.0.0.1:$PORT_PT$POD_PATH" "--ca $CA --token $TOKEN"
   WRK_TARGETS+=(pass-through)
 fi
+[ -z "$H2LOAD" ] || WRK_TARGETS+=(direct-h2)
 
 # The fake really serves 500 pods (the LIST workload's premise).
 pods=$("$CLIENT" get --url "$DIRECT$LIST_PATH" --ca "$CA" --token "$TOKEN" | kv bytes /dev/stdin)
@@ -374,16 +382,36 @@ rotation() {  # round target... -> the targets, starting one further each round
 }
 
 # ---------------------------------------------------------------------------- watches
+# conns_to_fake PID: the ESTABLISHED TCP connections process PID holds to the fake API
+# server (its sockets' inodes, from /proc/PID/fd, looked up in /proc/net/tcp).
+conns_to_fake() {
+  { find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n'; echo --; cat /proc/net/tcp; } |
+    awk -v port=":$(printf '%04X' "$FAKE_PORT")" '
+      $0 == "--" { table = 1; next }
+      !table { own[$1] = 1; next }
+      $4 == "01" && substr($3, length($3) - 4) == port && ($10 in own) { n++ }
+      END { print n + 0 }'
+}
+
 # run_watches ROUND WORKLOAD TARGET PATH
 run_watches() {
-  local r=$1 w=$2 t=$3 path=$4 pid out=$WORK/watches.out m v events cpu fcpu
+  local r=$1 w=$2 t=$3 path=$4 pid out=$WORK/watches.out m v events cpu fcpu cpid most=0 n
   alive
   log "watch round $r/$WATCH_ROUNDS ($w): $WATCHES watches held ${WATCH_SECS}s via $t"
   pid=$(pid_of "$t")
   # shellcheck disable=SC2046
   "$CLIENT" watches --url "$(url_of "$t")$path" $(client_args "$t") \
-    --n "$WATCHES" --hold "$WATCH_SECS" ${pid:+--pid "$pid"} --fake-pid "$FAKE_PID" >"$out" ||
-    die "watches ($w) via $t failed: $(cat "$out")"
+    --n "$WATCHES" --hold "$WATCH_SECS" ${pid:+--pid "$pid"} --fake-pid "$FAKE_PID" >"$out" &
+  cpid=$!
+  # The connections to the API server while the watches are held: the proxy's (for
+  # direct, the client's own), sampled every 2 s, the most seen.
+  while kill -0 "$cpid" 2>/dev/null; do
+    n=$(conns_to_fake "${pid:-$cpid}")
+    [ "$n" -le "$most" ] || most=$n
+    sleep 2
+  done
+  wait "$cpid" || die "watches ($w) via $t failed: $(cat "$out")"
+  rec "$r" "$w" "$t" upstream_conns "$most"
   for m in latency_p50_us latency_p99_us open_secs rss_max_kib fds events events_missing events_per_watch_min watches_failed; do
     v=$(kv "$m" "$out")
     [ -n "$v" ] && rec "$r" "$w" "$t" "$m" "$v"
@@ -398,7 +426,7 @@ run_watches() {
   v=$(kv events_missing "$out")  # not printed for spread events (see bench-client)
   [ "${v:-0}" = 0 ] || note "watches ($w) via $t" "$v events did not arrive"
   [ "$(kv events_per_watch_min "$out")" != 0 ] || note "watches ($w) via $t" "a watch received no event"
-  log "  p50 $(kv latency_p50_us "$out") µs, p99 $(kv latency_p99_us "$out") µs${pid:+, RSS max $(kv rss_max_kib "$out") KiB}"
+  log "  p50 $(kv latency_p50_us "$out") µs, p99 $(kv latency_p99_us "$out") µs${pid:+, RSS max $(kv rss_max_kib "$out") KiB}, $most connections to the API server"
   sleep 1
 }
 
@@ -421,13 +449,24 @@ run_wrk() {
   local p0 f0 b0 t0 p1 f1 b1 t1
   p0=$(cpu_of "$pid") f0=$(cpu_of "$FAKE_PID") b0=$(busy_all) t0=$(now)
   local TIMEFORMAT='%U %S'
-  { time wrk -t"$th" -c"$c" -d"${SECS}s" --timeout 10s -s "$ROOT/bench/wrk-report.lua" "${hdr[@]}" \
-      "$(url_of "$t")$path" >"$out" 2>&1; } 2>"$WORK/wrk.time"
+  if [ "$t" = direct-h2 ]; then
+    # h2load (bench/lib.sh): the same connections and length as wrk's run, one stream
+    # each; "wrk" in the CPU columns is then h2load.
+    { time h2load_run "$SECS" "$c" "$(url_of "$t")$path" -H "authorization: Bearer $TOKEN" >"$out" 2>&1; } 2>"$WORK/wrk.time" ||
+      die "h2load $w via $t: $(cat "$out")"
+  else
+    { time wrk -t"$th" -c"$c" -d"${SECS}s" --timeout 10s -s "$ROOT/bench/wrk-report.lua" "${hdr[@]}" \
+        "$(url_of "$t")$path" >"$out" 2>&1; } 2>"$WORK/wrk.time"
+  fi
   p1=$(cpu_of "$pid") f1=$(cpu_of "$FAKE_PID") b1=$(busy_all) t1=$(now)
   local line req dur wall wrk_cpu proxy_cpu fake_cpu busy
-  line=$(grep '^WRK ' "$out") || die "wrk $w via $t: $(cat "$out")"
-  req=$(sed 's/.*requests=\([0-9]*\).*/\1/' <<<"$line")
-  dur=$(sed 's/.*duration_us=\([0-9]*\).*/\1/' <<<"$line")
+  if [ "$t" = direct-h2 ]; then
+    line=$(grep '^rps=' "$out") || die "h2load $w via $t: $(cat "$out")"
+  else
+    line=$(grep '^WRK ' "$out") || die "wrk $w via $t: $(cat "$out")"
+  fi
+  req=$(kv_of requests "$line")
+  dur=$(kv_of duration_us "$line")
   [ "$req" -gt 0 ] || die "wrk $w via $t: no requests: $(cat "$out")"
   wall=$(calc "$t1 - $t0")
   wrk_cpu=$(awk '{print $1 + $2}' "$WORK/wrk.time")
@@ -435,8 +474,11 @@ run_wrk() {
   fake_cpu=$(calc "$f1 - $f0")
   busy=$(calc "$b1 - $b0")
   rec "$r" "$w" "$t" rps "$(calc "$req * 1e6 / $dur")"
-  rec "$r" "$w" "$t" p50_us "$(sed 's/.*p50_us=\([0-9]*\).*/\1/' <<<"$line")"
-  rec "$r" "$w" "$t" p99_us "$(sed 's/.*p99_us=\([0-9]*\).*/\1/' <<<"$line")"
+  # h2load prints no percentiles: no latency rows for it.
+  if [ "$t" != direct-h2 ]; then
+    rec "$r" "$w" "$t" p50_us "$(kv_of p50_us "$line")"
+    rec "$r" "$w" "$t" p99_us "$(kv_of p99_us "$line")"
+  fi
   rec "$r" "$w" "$t" wrk_cores "$(calc "$wrk_cpu / $wall")"
   rec "$r" "$w" "$t" fake_cores "$(calc "$fake_cpu / $wall")"
   rec "$r" "$w" "$t" wrk_cpu_us_per_req "$(calc "$wrk_cpu * 1e6 / $req")"
@@ -447,7 +489,11 @@ run_wrk() {
   fi
   rec "$r" "$w" "$t" other_cores "$(calc "($busy - $wrk_cpu - $proxy_cpu - $fake_cpu) / $wall")"
   local errs
-  errs=$(sed 's/.*non2xx=\([0-9]*\) errors=\([0-9]*\).*/\1 \2/' <<<"$line" | awk '{print $1 + $2}')
+  if [ "$t" = direct-h2 ]; then
+    errs=$(kv_of failed "$line")
+  else
+    errs=$(($(kv_of non2xx "$line") + $(kv_of errors "$line")))
+  fi
   rec "$r" "$w" "$t" errors "$errs"
   [ "$errs" = 0 ] || note "$w via $t (round $r)" "$errs errors or non-2xx responses"
   log "  $w via $t: $(calc "$req * 1e6 / $dur") req/s"
@@ -463,6 +509,7 @@ WORKLOADS=(
 
 log "warm-up"
 for t in "${WRK_TARGETS[@]}"; do
+  [ "$t" != direct-h2 ] || continue # the same server as direct, which warms it up
   hdr=()
   auth=$(wrk_auth "$t")
   [ -n "$auth" ] && hdr=(-H "$auth")
@@ -532,7 +579,7 @@ MACHINE=$WORK/machine.md
 {
   echo "# kube-ambassador vs kubectl proxy: benchmark results"
   echo
-  echo "Generated by \`bench/run.sh\` (see \`bench/README.md\` for what each row measures)."
+  echo "Generated by \`bench/run.sh\` (see \`bench/README.md\` for what each row measures). The soak (10 minutes of mixed load with faults: failures by cause, watch events expected and received, memory over time) is \`bench/soak.sh\`, its report \`bench/soak.md\`."
   echo
   echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
   echo "- machine: $(nproc) CPUs ($(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), $(awk '/^MemTotal:/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
@@ -554,6 +601,12 @@ MACHINE=$WORK/machine.md
     echo "- TCP pass-through: not run, its column is empty"
   fi
   echo "- wrk: $(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)"
+  if [ -n "$H2LOAD" ]; then
+    echo "- direct HTTP/2 (the wrk workloads only; no latency percentiles): $(h2load --version | head -1), one stream per connection"
+  else
+    echo "- direct HTTP/2: h2load not installed, its column is empty"
+  fi
+  # shellcheck disable=SC2016 # the quotes are literal, inside a double-quoted string
   echo "- settings: BENCH_SECONDS=$SECS BENCH_ROUNDS=$ROUNDS BENCH_WATCHES=$WATCHES BENCH_WATCH_SECONDS=$WATCH_SECS BENCH_WATCH_ROUNDS=$WATCH_ROUNDS BENCH_STARTUPS=$STARTUPS BENCH_TICK_MS=$TICK_MS${BENCH_KA_ARGS:+ BENCH_KA_ARGS='$BENCH_KA_ARGS'}"
   echo "- all on one machine: the load generator, the proxy and the fake API server share the CPUs"
 } >"$MACHINE"

@@ -547,14 +547,16 @@ async fn cmd_startup(a: &Args) -> Result<()> {
 
 /// In the report's column order. nginx (a minimal TLS reverse proxy, one worker) is the
 /// reference for what any proxy hop costs on the machine, not a rival.
-/// "pass-through" (examples/tcp-forward.rs) runs only in the wrk workloads.
+/// "pass-through" (examples/tcp-forward.rs) and "direct-h2" (h2load: HTTP/2 straight to
+/// the fake, as a pod's client-go talks) run only in the wrk workloads.
 #[rustfmt::skip]
-const TARGETS: [Column; 5] = [
+const TARGETS: [Column; 6] = [
     Column { id: "direct", heading: "direct", short: "direct" },
     Column { id: "kube-ambassador", heading: "kube-ambassador", short: "kube-ambassador" },
     Column { id: "kubectl-proxy", heading: "kubectl proxy", short: "kubectl proxy" },
     Column { id: "nginx", heading: "nginx", short: "nginx" },
     Column { id: "pass-through", heading: "TCP pass-through", short: "pass-through" },
+    Column { id: "direct-h2", heading: "direct HTTP/2 (h2load)", short: "direct HTTP/2" },
 ];
 
 /// A target of the benchmark, as the results table names it.
@@ -567,8 +569,9 @@ struct Column {
     short: &'static str,
 }
 
-/// The proxies kube-ambassador is divided by, as indexes into [`TARGETS`].
-const KA_VS: [usize; 2] = [2, 3];
+/// The targets kube-ambassador is divided by, as indexes into [`TARGETS`]: the other
+/// proxies, and the direct HTTP/2 client (issue 13's target: ≥ 1.2× its req/s).
+const KA_VS: [usize; 3] = [2, 3, 5];
 
 /// How a row compares with direct.
 #[derive(Clone, Copy, PartialEq)]
@@ -616,6 +619,7 @@ const ROWS: &[Row] = &[
     Row { label: "proxy CPU per watch event", workload: "watches", metric: "cpu_us_per_event", unit: "µs", scale: 1.0, better: "↓", vs: Vs::None },
     Row { label: "fake API CPU per watch event", workload: "watches", metric: "fake_cpu_us_per_event", unit: "µs", scale: 1.0, better: "↓", vs: Vs::None },
     Row { label: "proxy file descriptors holding the watches", workload: "watches", metric: "fds", unit: "fds", scale: 1.0, better: "↓", vs: Vs::None },
+    Row { label: "connections to the API server holding the watches (most seen, sampled every 2 s)", workload: "watches", metric: "upstream_conns", unit: "conns", scale: 1.0, better: "↓", vs: Vs::None },
     Row { label: "fan-out (each event to all watches at once): latency p50", workload: "fanout", metric: "latency_p50_us", unit: "ms", scale: 0.001, better: "↓", vs: Vs::Added },
     Row { label: "fan-out: latency p99", workload: "fanout", metric: "latency_p99_us", unit: "ms", scale: 0.001, better: "↓", vs: Vs::Added },
     Row { label: "fan-out: RSS holding the watches", workload: "fanout", metric: "rss_max_kib", unit: "MiB", scale: 1.0 / 1024.0, better: "↓", vs: Vs::None },
@@ -687,8 +691,28 @@ fn cmd_report(a: &Args) -> Result<()> {
         median(&mut v).map(|m| (m, n))
     };
 
-    let mut out = String::new();
-    out += &fs::read_to_string(machine)?;
+    // Failures first (issue 13: "any failure is printed in the report's first lines"):
+    // errors of the wrk and h2load runs, failed watches, missing events.
+    let mut failures: Vec<String> = Vec::new();
+    for ((w, t, m), v) in &data {
+        let n: f64 = v.iter().sum();
+        if n > 0.0 && matches!(m.as_str(), "errors" | "watches_failed" | "events_missing") {
+            failures.push(format!("{w} via {t}: {n} {}", m.replace('_', " ")));
+        }
+    }
+    let machine = fs::read_to_string(machine)?;
+    let (title, rest) = machine.split_once('\n').unwrap_or((&machine, ""));
+    let mut out = format!("{title}\n\n");
+    if failures.is_empty() {
+        out += "**Failed requests: 0 in every workload** (wrk's socket errors and non-2xx \
+                responses, h2load's failed requests, failed watches, missing events).\n";
+    } else {
+        out += &format!(
+            "**FAILURES: {}.** (The notes at the end say more.)\n",
+            failures.join("; ")
+        );
+    }
+    out += rest;
     out += "\n## Results (median over rounds)\n\n";
     let mut head: Vec<String> = ["workload", "unit", "better"].map(String::from).into();
     head.extend(TARGETS.iter().map(|t| t.heading.to_owned()));
@@ -708,7 +732,7 @@ fn cmd_report(a: &Args) -> Result<()> {
         if vals.iter().all(Option::is_none) {
             continue;
         }
-        let integral = matches!(r.unit, "KiB" | "fds");
+        let integral = matches!(r.unit, "KiB" | "fds" | "conns");
         let cell = |v: Option<f64>| {
             v.map(|v| if integral { format!("{v:.0}") } else { fmt(v) })
                 .unwrap_or_else(|| "—".into())

@@ -583,7 +583,10 @@ async fn watch_health(
 ) {
     loop {
         let Some(s) = state.upgrade() else { return };
-        if s.closed.load(Ordering::Acquire) {
+        // Until the transport ends: a connection closed to new streams (a GOAWAY, retired)
+        // still carries the streams open on it, watches for as long as they run, and
+        // must still be found dead when it dies.
+        if s.transport_ended.load(Ordering::Acquire) {
             return;
         }
         let wait = health.interval.saturating_sub(s.silent_for());

@@ -11,7 +11,8 @@
 // /api/v1/namespaces/default/pods/NAME; /debug/stats (no auth): counters as JSON.
 // -goaway-every N sets "Connection: close" on every N-th HTTP/2 response, which Go's
 // server turns into a GOAWAY (what kube-apiserver's --goaway-chance does, made
-// deterministic).
+// deterministic). The optional flags of soak.go (bench/soak.sh) add the rest of a real
+// API server's behaviour that a soak needs; without them the server is as described here.
 package main
 
 import (
@@ -19,6 +20,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -72,9 +74,11 @@ func main() {
 	})
 	unauthorized := []byte(`{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"Unauthorized","reason":"Unauthorized","code":401}`)
 
+	loadTokens(*token)
 	auth := func(h http.HandlerFunc) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
-			if r.Header.Get("Authorization") != "Bearer "+*token {
+			if !tokenAccepted(r.Header.Get("Authorization")) {
+				unauthorizedSent.Add(1)
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(http.StatusUnauthorized)
 				w.Write(unauthorized)
@@ -83,7 +87,9 @@ func main() {
 			requests.Add(1)
 			if r.ProtoMajor == 2 {
 				n := h2requests.Add(1)
-				if *goawayEvery > 0 && n%*goawayEvery == 0 {
+				if *goawayEvery > 0 && n%*goawayEvery == 0 ||
+					rand.Float64() < goawayChance() {
+					goawaysAsked.Add(1)
 					w.Header().Set("Connection", "close")
 				}
 			}
@@ -117,6 +123,7 @@ func main() {
 		body, _ := json.Marshal(pod(i))
 		writeJSON(w, body)
 	}))
+	soakRoutes(mux, auth, writeJSON)
 	mux.HandleFunc("/debug/stats", func(w http.ResponseWriter, r *http.Request) {
 		// ?watches=N waits (up to 30 s) until N watches are open, so a test can
 		// wait on the event instead of sleeping.
@@ -127,22 +134,23 @@ func main() {
 				time.Sleep(2 * time.Millisecond)
 			}
 		}
-		body, _ := json.Marshal(map[string]int64{
-			"connections": conns.Load(), "requests": requests.Load(), "h2requests": h2requests.Load(),
-			"watches_open": watchesOpen.Load(), "watches_canceled": watchesCanceled.Load(),
-		})
+		body, _ := json.Marshal(stats())
 		writeJSON(w, body)
 	})
 
-	pair, err := tls.LoadX509KeyPair(*cert, *key)
-	if err != nil {
+	// The certificate is read again on /reload-cert of the control listener (soak.go),
+	// as kube-apiserver reloads its serving certificate: existing connections keep theirs.
+	if err := loadCert(*cert, *key); err != nil {
 		fmt.Fprintln(os.Stderr, "go-apiserver:", err)
 		os.Exit(1)
 	}
 	srv := &http.Server{
-		Handler:   mux,
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{pair}, NextProtos: []string{"h2", "http/1.1"}},
-		HTTP2:     &http.HTTP2Config{MaxConcurrentStreams: *maxStreams},
+		Handler: mux,
+		TLSConfig: &tls.Config{
+			GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return currentCert.Load(), nil },
+			NextProtos:     []string{"h2", "http/1.1"},
+		},
+		HTTP2: &http.HTTP2Config{MaxConcurrentStreams: *maxStreams},
 		ConnState: func(c net.Conn, s http.ConnState) {
 			if s == http.StateNew {
 				conns.Add(1)
@@ -154,6 +162,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "go-apiserver:", err)
 		os.Exit(1)
 	}
+	startControl(*cert, *key)
 	fmt.Printf("listening on %d\n", ln.Addr().(*net.TCPAddr).Port)
 	if err := srv.Serve(tls.NewListener(ln, srv.TLSConfig)); err != nil {
 		fmt.Fprintln(os.Stderr, "go-apiserver:", err)

@@ -627,3 +627,65 @@ async fn next_line(
 fn free_port() -> u16 {
     support::free_port_from(26000)
 }
+
+/// A connection that got a GOAWAY goes on carrying the watches open on it (the server
+/// drains it), so it must still be health-checked: frozen after the GOAWAY, its watch is
+/// resumed after the ping, as on any other connection. (Found by bench/soak.sh with
+/// `--upstream-http2=true`: the pool stopped pinging a connection once it took no new
+/// streams, and 200 watches on it waited for the relay to give up, 40 s.)
+#[tokio::test]
+async fn a_watch_on_a_connection_that_got_a_goaway_and_then_froze_is_resumed() {
+    let pki = Pki::new();
+    let api = start_api(&pki).await;
+    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
+    let relay = Relay::start(api.port()).await;
+    let sa = format!("--service-account-dir={}", world.sa_dir().display());
+    let port = relay.port.to_string();
+    let proxy = Proxy::start(
+        &[
+            &sa,
+            "--port=0",
+            "--upstream-http2=true",
+            "--upstream-ping-interval=2s",
+            "--upstream-ping-timeout=2s",
+        ],
+        &[
+            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+            ("KUBERNETES_SERVICE_PORT", &port),
+        ],
+    )
+    .await;
+    let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
+    let before = send_events(&api, "before", 1);
+    let (events, _) = read_events(&mut watch, 1).await;
+    assert_eq!(rv_of(&events[0]), before[0]);
+    // The GOAWAY leaves the watch on its connection; requests after it find the
+    // connection closed to new streams, and take a new one (the GOAWAY reaches the proxy
+    // a moment after `goaway()`: requests for a second make sure one came after it).
+    api.goaway();
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    while tokio::time::Instant::now() < until {
+        let resp = client::get(&proxy.url(&format!("{PODS}/after-goaway"))).await;
+        assert_ne!(resp.status, 502, "{}", resp.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = send_events(&api, "after-goaway", 1);
+    let (events, _) = read_events(&mut watch, 1).await;
+    assert_eq!(rv_of(&events[0]), after[0], "the watch goes on after the GOAWAY");
+    relay.freeze();
+    let frozen = send_events(&api, "frozen", 2);
+    // The ping finds it in about 4 s; without one it would wait for ever.
+    let got = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut got = Vec::new();
+        while got.len() < frozen.len() {
+            match watch.next_json().await {
+                Some(ev) => got.push(rv_of(&ev)),
+                None => panic!("the watch ended ({:?})", watch.error),
+            }
+        }
+        got
+    })
+    .await
+    .expect("the watch on the drained, frozen connection resumed within 20 s");
+    assert_eq!(got, frozen);
+}

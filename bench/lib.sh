@@ -1,0 +1,30 @@
+# shellcheck shell=bash
+# Helpers shared by the benchmark scripts (sourced, not run): one way to call h2load
+# and read its summary, so that every script that has a direct HTTP/2 client counts
+# its failures the same way.
+
+# h2load_run SECONDS CONNS URL [h2load flags...]: one h2load run of SECONDS with CONNS
+# connections, one stream each (-m1: a client-go request at a time per connection, the
+# way a direct HTTP/2 client is compared with wrk's connections), at most 2 threads.
+# Prints one line: "rps=R requests=N duration_us=D failed=F", where N counts the
+# requests done and F h2load's "failed": the non-2xx responses (checked: 20 401s are
+# "0 succeeded, 20 failed") and the streams that errored (a subset of failed), so a 401
+# is a failure as it is in wrk's non2xx. Returns non-zero, with h2load's output on
+# stderr, if it printed no summary.
+h2load_run() {
+  local secs=$1 conns=$2 url=$3 out rate done_n failed threads
+  shift 3
+  threads=$((conns < 2 ? conns : 2))
+  out=$(h2load -D "$secs" -c "$conns" -m 1 -t "$threads" "$@" "$url" 2>&1) || true
+  rate=$(sed -n 's/.*finished in [^,]*, \([0-9.]*\) req\/s.*/\1/p' <<<"$out")
+  if [ -z "$rate" ]; then
+    printf '%s\n' "$out" >&2
+    return 1
+  fi
+  done_n=$(sed -n 's/^requests: .* \([0-9]*\) done,.*/\1/p' <<<"$out")
+  failed=$(sed -n 's/^requests: .* \([0-9]*\) failed,.*/\1/p' <<<"$out")
+  printf 'rps=%s requests=%s duration_us=%s failed=%s\n' "$rate" "${done_n:-0}" "$((secs * 1000000))" "${failed:-0}"
+}
+
+# kv_of KEY LINE: the value of KEY=value in a line of space-separated pairs.
+kv_of() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }

@@ -1,0 +1,3 @@
+module kube-ambassador/soak
+
+go 1.24
