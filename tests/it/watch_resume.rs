@@ -671,7 +671,11 @@ async fn a_watch_on_a_connection_that_got_a_goaway_and_then_froze_is_resumed() {
     }
     let after = send_events(&api, "after-goaway", 1);
     let (events, _) = read_events(&mut watch, 1).await;
-    assert_eq!(rv_of(&events[0]), after[0], "the watch goes on after the GOAWAY");
+    assert_eq!(
+        rv_of(&events[0]),
+        after[0],
+        "the watch goes on after the GOAWAY"
+    );
     relay.freeze();
     let frozen = send_events(&api, "frozen", 2);
     // The ping finds it in about 4 s; without one it would wait for ever.

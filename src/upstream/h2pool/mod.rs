@@ -34,26 +34,30 @@
 //! request goes to the HTTP/1.1 client.
 
 use std::future::poll_fn;
-use std::io;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::Body;
 use hyper_rustls::MaybeHttpsStream;
 use hyper_util::client::legacy::connect::Connection as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tower_service::Service as _;
 
-use super::body::{BoxError, RequestBody};
+use super::body::RequestBody;
 use super::connector::Connector;
 use crate::metrics::{Metrics, Open};
+
+mod conn;
+mod stream;
+
+use conn::{Conn, ConnState, Conns, Slot, Watched, remove, spawn_idle_reaper, watch_health};
+pub(crate) use conn::{H2Error, Health};
+pub(crate) use stream::RecvBody;
+use stream::{Reset, pipe};
 
 /// Streams assumed until the server's SETTINGS arrive: RFC 9113 §6.5.2 recommends a server
 /// allow at least 100, and Go's transport starts with the same figure.
@@ -81,65 +85,12 @@ const MAX_HEADER_LIST: u32 = 1 << 20;
 /// costs a few hundred bytes for [`RESET_MEMORY`] at most.
 const MAX_RESET_STREAMS: usize = 1024;
 const RESET_MEMORY: Duration = Duration::from_secs(10);
-/// A connection with no stream for this long (checked at this period) is closed, as the
-/// HTTP/1.1 pool closes its idle connections.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How long a complete body (all `Content-Length` bytes through) may wait for its
-/// END_STREAM before the stream is reset after all. Go sends it as the handler returns.
-const DRAIN_LIMIT: Duration = Duration::from_secs(10);
-
-/// When the pool pings a connection (`--upstream-ping-interval`, `--upstream-ping-timeout`).
-#[derive(Debug, Clone, Copy)]
-pub struct Health {
-    /// A connection silent this long is pinged (client-go's `ReadIdleTimeout`, 30 s).
-    pub interval: Duration,
-    /// A ping not answered within this declares the connection dead.
-    pub timeout: Duration,
-    /// A request still without response headers after this, on a connection silent as
-    /// long, has the connection pinged at once. A quiet watch is normal; a request that
-    /// waits for its headers on a connection that says nothing is how a black-holed
-    /// connection shows (kubernetes/kubernetes#95981).
-    pub suspect_after: Duration,
-}
-
-impl Default for Health {
-    fn default() -> Self {
-        Health {
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(5),
-            suspect_after: Duration::from_secs(1),
-        }
-    }
-}
-
-/// Why a request could not be sent over HTTP/2.
-#[derive(Debug, thiserror::Error)]
-pub enum H2Error {
-    #[error("cannot connect: {0}")]
-    Connect(#[source] BoxError),
-    #[error("HTTP/2 handshake failed: {0}")]
-    Handshake(#[source] h2::Error),
-    #[error("no HTTP/2 handshake with the API server within {0:?}")]
-    HandshakeTimeout(Duration),
-    #[error(transparent)]
-    Request(#[from] h2::Error),
-    #[error("the HTTP/2 connection was found dead (no answer to a PING within {0:?})")]
-    Dead(Duration),
-    #[error("the request body could not be sent: {0}")]
-    RequestBody(#[source] BoxError),
-    /// The dial this request waited for failed: its error, shared by every waiter.
-    #[error("{0}")]
-    Dial(#[source] Arc<H2Error>),
-}
-
 /// What [`H2Pool::send`] did with a request.
 pub enum Sent {
     Response(Response<RecvBody>),
     /// The server speaks HTTP/1.1 only: the request, untouched, for the HTTP/1.1 client.
     Http1(Request<RequestBody>),
 }
-
-type Conns = ArcSwap<Vec<Arc<Conn>>>;
 
 /// The HTTP/2 connections to the API server.
 pub struct H2Pool {
@@ -162,86 +113,6 @@ pub struct H2Pool {
     builder: h2::client::Builder,
     /// Counts the open connections for `/metrics`.
     metrics: Arc<Metrics>,
-}
-
-struct Conn {
-    id: u64,
-    send: h2::client::SendRequest<Bytes>,
-    state: Arc<ConnState>,
-}
-
-/// One connection's state, shared by the pool, its requests and its tasks.
-struct ConnState {
-    /// Reserved streams: requests on this connection that have not ended.
-    in_use: AtomicUsize,
-    /// Streams ever reserved: unchanged over an idle period means unused.
-    opened: AtomicU64,
-    /// GOAWAY received, closed or dead: no new streams.
-    closed: AtomicBool,
-    /// The transport ended (EOF, error) or the connection was declared dead. Set before
-    /// h2 fails the streams, so a GOAWAY error seen with this unset is a refusal of an
-    /// unprocessed stream (above the GOAWAY's last-stream-id), not a connection loss.
-    transport_ended: AtomicBool,
-    /// When bytes last arrived from the server, in ms since `epoch`.
-    last_read: AtomicU64,
-    epoch: Instant,
-    /// Asks the health task for a PING now.
-    suspect: Notify,
-    /// Tells the driver to drop the connection (declared dead).
-    kill: Notify,
-}
-
-impl ConnState {
-    fn new() -> ConnState {
-        ConnState {
-            in_use: AtomicUsize::new(0),
-            opened: AtomicU64::new(0),
-            closed: AtomicBool::new(false),
-            transport_ended: AtomicBool::new(false),
-            last_read: AtomicU64::new(0),
-            epoch: Instant::now(),
-            suspect: Notify::new(),
-            kill: Notify::new(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn silent_for(&self) -> Duration {
-        Duration::from_millis(
-            self.now_ms()
-                .saturating_sub(self.last_read.load(Ordering::Relaxed)),
-        )
-    }
-}
-
-/// A reserved stream slot; released on drop, however the request ends.
-pub(crate) struct Slot(Arc<ConnState>);
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.in_use.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Conn {
-    /// Reserves a stream slot if the connection is open and below the server's limit.
-    fn try_acquire(&self) -> Option<Slot> {
-        if self.state.closed.load(Ordering::Acquire) {
-            return None;
-        }
-        let limit = self.send.current_max_send_streams();
-        self.state
-            .in_use
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
-            })
-            .ok()?;
-        self.state.opened.fetch_add(1, Ordering::Relaxed);
-        Some(Slot(self.state.clone()))
-    }
 }
 
 /// Why one attempt failed, and what may be tried next.
@@ -403,17 +274,7 @@ impl H2Pool {
             Ok(resp) => {
                 let (parts, recv) = resp.into_parts();
                 let remaining = content_length(&parts.headers);
-                let body = RecvBody {
-                    inner: Some(Inner {
-                        recv,
-                        reset: Some(reset),
-                        _slot: slot,
-                    }),
-                    remaining,
-                    data_done: false,
-                    done: false,
-                    early: None,
-                };
+                let body = RecvBody::new(recv, reset, slot, remaining);
                 Ok(Response::from_parts(parts, body))
             }
             Err(e) => {
@@ -571,87 +432,6 @@ impl H2Pool {
     }
 }
 
-/// PINGs connection `id` when it has been silent for [`Health::interval`], or at once when
-/// a request suspects it; no PONG within [`Health::timeout`] declares it dead: out of the
-/// pool, and its streams failed (the requests without a body among them are sent again
-/// on another connection, see [`H2Pool::send`]).
-async fn watch_health(
-    id: u64,
-    mut ping: h2::PingPong,
-    state: std::sync::Weak<ConnState>,
-    health: Health,
-) {
-    loop {
-        let Some(s) = state.upgrade() else { return };
-        // Until the transport ends: a connection closed to new streams (a GOAWAY, retired)
-        // still carries the streams open on it, watches for as long as they run, and
-        // must still be found dead when it dies.
-        if s.transport_ended.load(Ordering::Acquire) {
-            return;
-        }
-        let wait = health.interval.saturating_sub(s.silent_for());
-        let asked = tokio::select! {
-            () = tokio::time::sleep(wait) => false,
-            () = s.suspect.notified() => true,
-        };
-        if !asked && s.silent_for() < health.interval {
-            continue;
-        }
-        match tokio::time::timeout(health.timeout, ping.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_)) => {}
-            // The connection is gone already; the driver cleans up.
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::warn!(
-                    conn = id,
-                    "the API server did not answer an HTTP/2 PING within {:?}; closing the connection",
-                    health.timeout
-                );
-                s.transport_ended.store(true, Ordering::Release);
-                s.closed.store(true, Ordering::Release);
-                s.kill.notify_one();
-                return;
-            }
-        }
-    }
-}
-
-/// Closes connection `id` once it has carried no stream for an [`IDLE_TIMEOUT`] period:
-/// out of the list, its last `SendRequest` goes and h2 ends the connection.
-fn spawn_idle_reaper(id: u64, state: std::sync::Weak<ConnState>, conns: std::sync::Weak<Conns>) {
-    tokio::spawn(async move {
-        let mut last = u64::MAX;
-        loop {
-            tokio::time::sleep(IDLE_TIMEOUT).await;
-            let Some(state) = state.upgrade() else {
-                return;
-            };
-            if state.closed.load(Ordering::Acquire) {
-                return;
-            }
-            let opened = state.opened.load(Ordering::Relaxed);
-            if state.in_use.load(Ordering::Acquire) == 0 && opened == last {
-                tracing::debug!(conn = id, "closing idle HTTP/2 connection");
-                state.closed.store(true, Ordering::Release);
-                if let Some(conns) = conns.upgrade() {
-                    remove(&conns, id);
-                }
-                return;
-            }
-            last = opened;
-        }
-    });
-}
-
-fn remove(conns: &Conns, id: u64) {
-    conns.rcu(|list| {
-        list.iter()
-            .filter(|c| c.id != id)
-            .cloned()
-            .collect::<Vec<_>>()
-    });
-}
-
 /// Methods that can be sent twice without harm (with no body: Go's rule).
 fn idempotent(method: &Method) -> bool {
     matches!(
@@ -692,285 +472,4 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()?
         .parse()
         .ok()
-}
-
-/// How a response that is dropped before its end resets its stream: a user reset, which
-/// h2 does not count against the connection (see the module comment).
-enum Reset {
-    /// Bodiless request: the send half is ours.
-    Direct(h2::SendStream<Bytes>),
-    /// The body's pipe task holds the send half; this asks it to reset.
-    Pipe(Option<oneshot::Sender<()>>),
-}
-
-impl Reset {
-    fn cancel(&mut self) {
-        match self {
-            Reset::Direct(s) => s.send_reset(h2::Reason::CANCEL),
-            Reset::Pipe(tx) => {
-                if let Some(tx) = tx.take() {
-                    let _ = tx.send(());
-                }
-            }
-        }
-    }
-}
-
-/// Streams a request body into its HTTP/2 stream, with flow control. A body that fails,
-/// or trailers h2 refuses, reset the stream: the response future then fails, and the
-/// caller answers with `failed`'s cause instead of waiting forever. Afterwards, waits for
-/// the response side to ask for a reset (a client that left mid-response).
-async fn pipe(
-    mut body: RequestBody,
-    mut stream: h2::SendStream<Bytes>,
-    mut cancel: oneshot::Receiver<()>,
-    failed: oneshot::Sender<BoxError>,
-) {
-    // `None`: the response ended or was dropped while the body was still going (the
-    // server answered early; RFC 9113 §8.1 lets a client stop sending then).
-    let sent = tokio::select! {
-        r = send_body(&mut body, &mut stream) => Some(r),
-        _ = &mut cancel => None,
-    };
-    let Some(sent) = sent else {
-        stream.send_reset(h2::Reason::CANCEL);
-        return;
-    };
-    if let Err(e) = sent {
-        tracing::debug!("request body failed: {e}");
-        stream.send_reset(h2::Reason::CANCEL);
-        let _ = failed.send(e);
-        return;
-    }
-    drop(body);
-    if cancel.await.is_ok() {
-        stream.send_reset(h2::Reason::CANCEL);
-    }
-}
-
-async fn send_body(
-    body: &mut RequestBody,
-    stream: &mut h2::SendStream<Bytes>,
-) -> Result<(), BoxError> {
-    loop {
-        let Some(frame) = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await else {
-            stream.send_data(Bytes::new(), true)?;
-            return Ok(());
-        };
-        let frame = match frame?.into_data() {
-            Ok(mut data) => {
-                while !data.is_empty() {
-                    stream.reserve_capacity(data.len());
-                    let granted = match poll_fn(|cx| stream.poll_capacity(cx)).await {
-                        Some(granted) => granted?,
-                        None => return Err("the API server closed the request stream".into()),
-                    };
-                    let chunk = data.split_to(granted.min(data.len()));
-                    stream.send_data(chunk, false)?;
-                }
-                continue;
-            }
-            Err(frame) => frame,
-        };
-        // Connection-specific fields are gone already (`RequestBody` strips them).
-        if let Ok(trailers) = frame.into_trailers() {
-            stream.send_trailers(trailers)?;
-            return Ok(());
-        }
-    }
-}
-
-struct Inner {
-    recv: h2::RecvStream,
-    reset: Option<Reset>,
-    _slot: Slot,
-}
-
-/// A response body from HTTP/2: read to END_STREAM, and reset explicitly if dropped before.
-pub struct RecvBody {
-    inner: Option<Inner>,
-    /// `Content-Length` bytes still to come.
-    remaining: Option<u64>,
-    data_done: bool,
-    done: bool,
-    /// A chunk found while looking for END_STREAM (see `peek_end`).
-    early: Option<Bytes>,
-}
-
-impl RecvBody {
-    /// After the last `Content-Length` byte: if END_STREAM is already here, say so, so
-    /// that the HTTP/1.1 side ends the response with the body (instead of dropping it).
-    fn peek_end(&mut self, cx: &mut Context<'_>) {
-        let Some(inner) = self.inner.as_mut() else {
-            return;
-        };
-        match inner.recv.poll_data(cx) {
-            Poll::Ready(None) => self.data_done = true,
-            Poll::Ready(Some(Ok(data))) => {
-                let _ = inner.recv.flow_control().release_capacity(data.len());
-                if !data.is_empty() {
-                    self.early = Some(data);
-                }
-                return;
-            }
-            _ => return,
-        }
-        if let Poll::Ready(Ok(None)) = inner.recv.poll_trailers(cx) {
-            self.done = true;
-        }
-    }
-}
-
-impl Body for RecvBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if this.done {
-            return Poll::Ready(None);
-        }
-        if let Some(data) = this.early.take() {
-            return Poll::Ready(Some(Ok(Frame::data(data))));
-        }
-        let Some(inner) = this.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if !this.data_done {
-            match ready!(inner.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = inner.recv.flow_control().release_capacity(data.len());
-                    if let Some(left) = this.remaining.as_mut() {
-                        *left = left.saturating_sub(data.len() as u64);
-                        if *left == 0 {
-                            this.peek_end(cx);
-                        }
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
-                None => this.data_done = true,
-            }
-        }
-        let trailers = ready!(inner.recv.poll_trailers(cx));
-        this.done = true;
-        match trailers {
-            // `ProxyBody` strips connection-specific fields from them on the way out.
-            Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(e.into()))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.early.is_none()
-            && (self.done || self.inner.as_ref().is_none_or(|i| i.recv.is_end_stream()))
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n + self.early.as_ref().map_or(0, |b| b.len() as u64)),
-            None => SizeHint::new(),
-        }
-    }
-}
-
-impl Drop for RecvBody {
-    fn drop(&mut self) {
-        let Some(mut inner) = self.inner.take() else {
-            return;
-        };
-        if self.done || inner.recv.is_end_stream() {
-            return;
-        }
-        // Every byte the server promised is through; only END_STREAM is missing. Read on
-        // to it rather than reset a stream the server has completed. (No runtime: the
-        // process is ending, and a reset is as good.)
-        let runtime = tokio::runtime::Handle::try_current();
-        if let (Some(0), Ok(runtime)) = (self.remaining, runtime) {
-            runtime.spawn(async move {
-                let drained = tokio::time::timeout(DRAIN_LIMIT, async {
-                    while let Some(data) = inner.recv.data().await {
-                        let Ok(data) = data else { return false };
-                        let _ = inner.recv.flow_control().release_capacity(data.len());
-                    }
-                    inner.recv.trailers().await.is_ok()
-                })
-                .await;
-                if !matches!(drained, Ok(true))
-                    && let Some(reset) = inner.reset.as_mut()
-                {
-                    reset.cancel();
-                }
-            });
-            return;
-        }
-        if let Some(reset) = inner.reset.as_mut() {
-            reset.cancel();
-        }
-    }
-}
-
-/// The TLS stream under h2, noting when bytes last arrived and when the transport ended.
-struct Watched<T> {
-    io: T,
-    state: Arc<ConnState>,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let result = Pin::new(&mut this.io).poll_read(cx, buf);
-        match &result {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                this.state
-                    .last_read
-                    .store(this.state.now_ms(), Ordering::Relaxed);
-            }
-            Poll::Ready(_) => this.state.transport_ended.store(true, Ordering::Release),
-            Poll::Pending => {}
-        }
-        result
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
 }
