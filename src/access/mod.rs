@@ -9,3 +9,4 @@ pub(crate) mod gate;
 pub(crate) mod intern;
 pub mod policy;
 pub(crate) mod record;
+mod selector;

@@ -237,7 +237,8 @@ pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     })
 }
 
-fn hex(b: u8) -> Option<u8> {
+/// The value of a hexadecimal digit (either case).
+pub(crate) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),
