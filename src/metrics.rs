@@ -158,7 +158,7 @@ impl UpstreamErrorKind {
     }
 }
 
-/// How a watch's attempt to resume ended (`watch.rs`).
+/// How a watch's attempt to resume ended (`watch/`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResumeResult {
     Resumed,

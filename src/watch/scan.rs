@@ -1,4 +1,4 @@
-//! The scanner of watch resume (`watch.rs`): splits a JSON watch stream into event lines
+//! The scanner of watch resume (`watch/`): splits a JSON watch stream into event lines
 //! and reads each one's `type` and `object.metadata.resourceVersion`, stopping there. It
 //! depends on nothing else in the crate, so `bench/watch-scan` measures it on its own.
 

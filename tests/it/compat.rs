@@ -193,7 +193,7 @@ pub const KNOWN_GAPS: &[(&str, &str)] = &[
 pub const NOT_SIDE_BY_SIDE: &[(&str, &str)] = &[
     (
         "keepalive-zero",
-        "a socket option on the upstream connection (src/upstream.rs): nothing the fake API \
+        "a socket option on the upstream connection (src/upstream/connector.rs): nothing the fake API \
          server can observe",
     ),
     (
