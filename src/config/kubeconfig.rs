@@ -328,15 +328,12 @@ impl Loaded {
             .or_else(|| cfg.current_context.clone());
         let context = match &context_name {
             Some(name) => Some(
-                cfg.contexts
-                    .iter()
-                    .flatten()
-                    .find(|c| &c.name == name)
-                    .map(|c| c.context.clone())
-                    .ok_or_else(|| KubeconfigError::NoContext {
+                named(&cfg.contexts, name, |c| (&c.name, &c.context)).ok_or_else(|| {
+                    KubeconfigError::NoContext {
                         name: name.clone(),
                         files: files.clone(),
-                    })?,
+                    }
+                })?,
             ),
             None => None,
         };
@@ -352,15 +349,12 @@ impl Loaded {
                 _ => Ok(None),
             };
         };
-        let cluster = cfg
-            .clusters
-            .iter()
-            .flatten()
-            .find(|c| c.name == cluster_name)
-            .map(|c| c.cluster.clone())
-            .ok_or_else(|| KubeconfigError::NoCluster {
-                name: cluster_name.clone(),
-                files: files.clone(),
+        let cluster =
+            named(&cfg.clusters, &cluster_name, |c| (&c.name, &c.cluster)).ok_or_else(|| {
+                KubeconfigError::NoCluster {
+                    name: cluster_name.clone(),
+                    files: files.clone(),
+                }
             })?;
         let user_name = choice
             .user
@@ -368,16 +362,12 @@ impl Loaded {
             .or_else(|| context.as_ref().and_then(|c| c.user.clone()))
             .filter(|u| !u.is_empty());
         let user = match &user_name {
-            Some(name) => cfg
-                .users
-                .iter()
-                .flatten()
-                .find(|u| &u.name == name)
-                .map(|u| u.user.clone())
-                .ok_or_else(|| KubeconfigError::NoUser {
+            Some(name) => named(&cfg.users, name, |u| (&u.name, &u.user)).ok_or_else(|| {
+                KubeconfigError::NoUser {
                     name: name.clone(),
                     files: files.clone(),
-                })?,
+                }
+            })?,
             None => AuthInfo::default(),
         };
         Ok(Some(Selected {
@@ -389,6 +379,20 @@ impl Loaded {
             files,
         }))
     }
+}
+
+/// The entry named `name` in one of the kubeconfig's named lists (contexts, clusters,
+/// users), copied out; `parts` gives an entry's name and value.
+fn named<N, V: Clone>(
+    list: &Option<Vec<N>>,
+    name: &str,
+    parts: impl Fn(&N) -> (&String, &V),
+) -> Option<V> {
+    list.iter()
+        .flatten()
+        .map(parts)
+        .find(|(n, _)| n.as_str() == name)
+        .map(|(_, v)| v.clone())
 }
 
 #[cfg(test)]
