@@ -4,6 +4,12 @@
 //! Flag names, defaults and help texts follow `kubectl proxy --help` so that scripts and
 //! muscle memory carry over.
 
+mod duration;
+mod inject;
+
+pub use duration::{parse_duration, parse_timeout};
+pub use inject::{Command, InjectArgs};
+
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -411,68 +417,6 @@ impl Cli {
     }
 }
 
-/// What else the binary does.
-#[derive(clap::Subcommand, Clone, Debug)]
-pub enum Command {
-    /// Add kube-ambassador to every pod template of some manifests (Pod, Deployment,
-    /// StatefulSet, DaemonSet, ReplicaSet, Job, CronJob, ReplicationController, and the
-    /// items of a List), and write them to stdout; other objects pass through unchanged.
-    #[command(after_help = "Examples:
-  # Add the native sidecar (Kubernetes >= 1.29) and apply
-  kube-ambassador inject -f deployment.yaml | kubectl apply -f -
-
-  # The sidecar alone holds the service-account token
-  kubectl get deploy web -o yaml | kube-ambassador inject --isolate-token | kubectl apply -f -
-
-  # Take it out again
-  kube-ambassador inject --uninject -f deployment.yaml")]
-    Inject(InjectArgs),
-}
-
-/// `kube-ambassador inject`'s flags.
-#[derive(clap::Args, Clone, Debug)]
-pub struct InjectArgs {
-    /// The manifests to read (YAML, several documents, or JSON); `-` is stdin.
-    #[arg(
-        short = 'f',
-        long = "filename",
-        value_name = "FILE",
-        default_value = "-"
-    )]
-    pub file: PathBuf,
-
-    /// The sidecar's image.
-    #[arg(long, default_value = concat!("kube-ambassador:", env!("CARGO_PKG_VERSION")))]
-    pub image: String,
-
-    /// Add a regular container instead of the native sidecar (an init container with
-    /// `restartPolicy: Always`), for clusters older than Kubernetes 1.29.
-    #[arg(long)]
-    pub classic: bool,
-
-    /// Set `automountServiceAccountToken: false` on the pod and mount a projected
-    /// service-account token, `ca.crt` and namespace into the sidecar alone, so the app
-    /// never holds the token.
-    #[arg(long)]
-    pub isolate_token: bool,
-
-    /// The environment variable that tells app containers the proxy's URL.
-    #[arg(long, value_name = "NAME", default_value = "KUBERNETES_PROXY_URL")]
-    pub env: String,
-
-    /// The port the sidecar serves the API on (on 127.0.0.1).
-    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT)]
-    pub proxy_port: u16,
-
-    /// The port of the sidecar's /healthz, /readyz and /metrics (the probes use it).
-    #[arg(long, value_name = "PORT", default_value_t = 8002)]
-    pub admin_port: u16,
-
-    /// Remove what inject added instead.
-    #[arg(long)]
-    pub uninject: bool,
-}
-
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -480,53 +424,51 @@ pub enum LogFormat {
     Json,
 }
 
-/// Parses a Go-style duration (`0`, `500ms`, `30s`, `1m30s`, `2h`) as kubectl accepts it.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("invalid duration {s:?} (examples: 0, 500ms, 30s, 1m30s)");
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(bad)?;
-        let value: f64 = rest[..num_end].parse().map_err(|_| bad())?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_end] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(bad()),
-        };
-        rest = &rest[unit_end..];
-        total += Duration::try_from_secs_f64(value * unit).map_err(|_| bad())?;
-    }
-    Ok(total)
+/// `--upstream-http2`: which requests go over HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHttp2 {
+    /// Long-running requests only.
+    Auto,
+    /// Every request.
+    Always,
+    /// None.
+    Never,
 }
 
-/// Parses `--request-timeout` as kubectl does (client-go's `ParseTimeout`): a whole
-/// number of seconds, or a Go-style duration.
-pub fn parse_timeout(s: &str) -> Result<Duration, String> {
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+fn parse_http2(s: &str) -> Result<UpstreamHttp2, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "auto" => Ok(UpstreamHttp2::Auto),
+        "true" | "1" | "yes" | "on" => Ok(UpstreamHttp2::Always),
+        "false" | "0" | "no" | "off" => Ok(UpstreamHttp2::Never),
+        _ => Err(format!("{s:?} is not one of auto, true, false")),
     }
-    parse_duration(s).map_err(|_| {
-        format!(
-            "invalid timeout {s:?}: a whole number of seconds, or a number with a unit (e.g. \
-             1s, 2m, 3h)"
-        )
-    })
+}
+
+impl Cli {
+    /// The flags [`config::resolve`] reads, as the plain struct it takes.
+    pub fn overrides(&self) -> config::Overrides {
+        config::Overrides {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            cluster: self.cluster.clone(),
+            user: self.user.clone(),
+            service_account_dir: self.service_account_dir.clone(),
+            server: self.server.clone(),
+            certificate_authority: self.certificate_authority.clone(),
+            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
+            tls_server_name: self.tls_server_name.clone(),
+            token: self.token.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            client_certificate: self.client_certificate.clone(),
+            client_key: self.client_key.clone(),
+            impersonate: self.impersonate.clone(),
+            impersonate_groups: self.impersonate_groups.clone(),
+            impersonate_uid: self.impersonate_uid.clone(),
+            disable_compression: self.disable_compression,
+            exec_timeout: self.exec_timeout,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -587,52 +529,5 @@ mod tests {
         assert_eq!(cli.www_prefix, "/static/");
         assert_eq!(cli.unix_socket, None);
         assert!(!cli.append_server_path);
-    }
-}
-
-/// `--upstream-http2`: which requests go over HTTP/2.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamHttp2 {
-    /// Long-running requests only.
-    Auto,
-    /// Every request.
-    Always,
-    /// None.
-    Never,
-}
-
-fn parse_http2(s: &str) -> Result<UpstreamHttp2, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "auto" => Ok(UpstreamHttp2::Auto),
-        "true" | "1" | "yes" | "on" => Ok(UpstreamHttp2::Always),
-        "false" | "0" | "no" | "off" => Ok(UpstreamHttp2::Never),
-        _ => Err(format!("{s:?} is not one of auto, true, false")),
-    }
-}
-
-impl Cli {
-    /// The flags [`config::resolve`] reads, as the plain struct it takes.
-    pub fn overrides(&self) -> config::Overrides {
-        config::Overrides {
-            kubeconfig: self.kubeconfig.clone(),
-            context: self.context.clone(),
-            cluster: self.cluster.clone(),
-            user: self.user.clone(),
-            service_account_dir: self.service_account_dir.clone(),
-            server: self.server.clone(),
-            certificate_authority: self.certificate_authority.clone(),
-            insecure_skip_tls_verify: self.insecure_skip_tls_verify,
-            tls_server_name: self.tls_server_name.clone(),
-            token: self.token.clone(),
-            username: self.username.clone(),
-            password: self.password.clone(),
-            client_certificate: self.client_certificate.clone(),
-            client_key: self.client_key.clone(),
-            impersonate: self.impersonate.clone(),
-            impersonate_groups: self.impersonate_groups.clone(),
-            impersonate_uid: self.impersonate_uid.clone(),
-            disable_compression: self.disable_compression,
-            exec_timeout: self.exec_timeout,
-        }
     }
 }
