@@ -65,40 +65,8 @@ struct Checked {
 /// Runs the proxy until a signal stops it. Returns `Ok` after a clean shutdown.
 pub async fn run(cli: Cli) -> Result<(), RunError> {
     let checked = check_flags(&cli).await?;
-    let upstream = config::resolve(&cli.overrides(), &Environment::from_process())?;
-    let ignored = cli.ignored();
-    if !ignored.is_empty() {
-        tracing::info!(
-            "ignoring {}: kubectl's global flags with no effect on a proxy",
-            ignored.join(" ")
-        );
-    }
-    if !cli.append_server_path && !upstream.base_path.is_empty() {
-        tracing::warn!(
-            "Your kube context contains a server path {}, use --append-server-path to \
-             automatically append the path to each request",
-            upstream.base_path
-        );
-    }
-    let tls = Tls::new(
-        upstream.ca.clone().unwrap_or(CaSource::Insecure),
-        upstream.client_cert.clone(),
-    )?;
-    let creds = Credentials::load(upstream.token.clone(), Some(tls.clone()))?;
-    // Like kubectl, no warning for a unix socket: no web page can reach it.
-    if cli.disable_filter && cli.unix_socket.is_none() {
-        tracing::warn!(
-            "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
-        );
-    }
-    let opts = ConnectOptions {
-        connect_timeout: cli.connect_timeout,
-        keepalive: cli.keepalive,
-    };
-    let connector = upstream::connector(&upstream, &tls, &opts);
-    let client = upstream::client(connector.clone());
+    let (upstream, tls, creds) = connect_settings(&cli)?;
     let metrics = Arc::new(Metrics::default());
-    let h2 = http2_pool(&cli, &upstream, &tls, &opts, &metrics);
     let (trigger, shutdown) = shutdown::channel();
     let open_files = listener::raise_open_files_limit();
     memory::spawn_trim();
@@ -108,21 +76,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         None => listener::bind(&cli.address, cli.port).await?.into(),
     };
     let local = listener.local()?;
-
-    tracing::info!(
-        upstream = %upstream.origin(),
-        config = %upstream.source,
-        ca = %upstream.ca.as_ref().map_or_else(|| "none (plain http)".to_owned(), CaSource::describe),
-        token = %upstream.token.describe(),
-        listen = %local,
-        open_files = ?open_files,
-        "kube-ambassador {} starting",
-        env!("CARGO_PKG_VERSION"),
-    );
-    if upstream.scheme == http::uri::Scheme::HTTP {
-        tracing::warn!("the API server URL is plain http: no credentials will be sent");
-    }
-
+    announce(&upstream, &local, open_files);
     let admin = match &cli.admin_address {
         Some(addr) => Some(admin::bind(addr).await?),
         None => None,
@@ -130,47 +84,9 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
 
     let times = creds.token_times();
     metrics.token_times(times.issued, times.expiry);
-    let mut watched: Vec<Arc<dyn reload::Watched>> = Vec::new();
-    if let Some(p) = &checked.policy {
-        let rules = p.rules();
-        tracing::info!(policy = %p.path().display(), rules, namespace = %checked.pod_namespace, "enforcing --policy");
-        if rules == 0 {
-            tracing::warn!(
-                "--policy {} has no rules: every API request is refused",
-                p.path().display()
-            );
-        }
-        watched.push(p.clone());
-    }
-    let reload = reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone(), watched);
+    let reload = start_reload(&checked, &creds, &tls, &metrics);
     let recorder = checked.recorder.clone();
-    let proxy = Arc::new(Proxy::new(proxy::Parts {
-        upstream,
-        client,
-        h2,
-        h2_policy: match cli.upstream_http2 {
-            cli::UpstreamHttp2::Always => proxy::Http2Policy::Always,
-            _ => proxy::Http2Policy::LongRunning,
-        },
-        connector,
-        creds,
-        filter: checked.filter,
-        prefix: checked.prefix,
-        www: checked.www,
-        append_server_path: cli.append_server_path,
-        shutdown: shutdown.clone(),
-        gate: gate::Gate::new(gate::GateParts {
-            metrics: metrics.clone(),
-            budget: checked.budget,
-            policy: checked.policy,
-            recorder: checked.recorder,
-            access_log: cli.access_log,
-        }),
-        metrics,
-        access_log: cli.access_log,
-        request_timeout: cli.request_timeout,
-        watch_resume: cli.watch_resume,
-    }));
+    let proxy = build_proxy(&cli, checked, upstream, &tls, creds, metrics, &shutdown);
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
             tracing::info!("admin endpoints on http://{addr} (/healthz, /readyz, /metrics)");
@@ -197,11 +113,8 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
 
     drain(&cli, signals, &trigger, server).await;
-    if let Some(reload) = reload {
-        reload.abort();
-    }
-    if let Some(writer) = record_writer {
-        writer.abort();
+    for task in [reload, record_writer].into_iter().flatten() {
+        task.abort();
     }
     if let Some(rec) = &recorder {
         // What the last requests added; the file is complete when the proxy exits.
@@ -214,6 +127,123 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the API server is and what to present to it: the configuration resolved (with
+/// kubectl's warnings about it), the TLS settings and the credentials loaded.
+fn connect_settings(cli: &Cli) -> Result<(config::Upstream, Arc<Tls>, Arc<Credentials>), RunError> {
+    let upstream = config::resolve(&cli.overrides(), &Environment::from_process())?;
+    let ignored = cli.ignored();
+    if !ignored.is_empty() {
+        tracing::info!(
+            "ignoring {}: kubectl's global flags with no effect on a proxy",
+            ignored.join(" ")
+        );
+    }
+    if !cli.append_server_path && !upstream.base_path.is_empty() {
+        tracing::warn!(
+            "Your kube context contains a server path {}, use --append-server-path to \
+             automatically append the path to each request",
+            upstream.base_path
+        );
+    }
+    let tls = Tls::new(
+        upstream.ca.clone().unwrap_or(CaSource::Insecure),
+        upstream.client_cert.clone(),
+    )?;
+    let creds = Credentials::load(upstream.token.clone(), Some(tls.clone()))?;
+    // Like kubectl, no warning for a unix socket: no web page can reach it.
+    if cli.disable_filter && cli.unix_socket.is_none() {
+        tracing::warn!(
+            "Request filter disabled, your proxy is vulnerable to XSRF attacks, please be cautious"
+        );
+    }
+    Ok((upstream, tls, creds))
+}
+
+/// The start-up log line: what was resolved, from where, and where we listen.
+fn announce(upstream: &config::Upstream, local: &str, open_files: Option<u64>) {
+    tracing::info!(
+        upstream = %upstream.origin(),
+        config = %upstream.source,
+        ca = %upstream.ca.as_ref().map_or_else(|| "none (plain http)".to_owned(), CaSource::describe),
+        token = %upstream.token.describe(),
+        listen = %local,
+        open_files = ?open_files,
+        "kube-ambassador {} starting",
+        env!("CARGO_PKG_VERSION"),
+    );
+    if upstream.scheme == http::uri::Scheme::HTTP {
+        tracing::warn!("the API server URL is plain http: no credentials will be sent");
+    }
+}
+
+/// The task that re-reads the token, the CA and `--policy` when their files change.
+fn start_reload(
+    checked: &Checked,
+    creds: &Arc<Credentials>,
+    tls: &Arc<Tls>,
+    metrics: &Arc<Metrics>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut watched: Vec<Arc<dyn reload::Watched>> = Vec::new();
+    if let Some(p) = &checked.policy {
+        let rules = p.rules();
+        tracing::info!(policy = %p.path().display(), rules, namespace = %checked.pod_namespace, "enforcing --policy");
+        if rules == 0 {
+            tracing::warn!(
+                "--policy {} has no rules: every API request is refused",
+                p.path().display()
+            );
+        }
+        watched.push(p.clone());
+    }
+    reload::spawn(creds.clone(), Some(tls.clone()), metrics.clone(), watched)
+}
+
+/// The proxy with everything it holds: both upstream pools, the gate, the filter.
+fn build_proxy(
+    cli: &Cli,
+    checked: Checked,
+    upstream: config::Upstream,
+    tls: &Tls,
+    creds: Arc<Credentials>,
+    metrics: Arc<Metrics>,
+    shutdown: &shutdown::Shutdown,
+) -> Arc<Proxy> {
+    let opts = ConnectOptions {
+        connect_timeout: cli.connect_timeout,
+        keepalive: cli.keepalive,
+    };
+    let connector = upstream::connector(&upstream, tls, &opts);
+    let client = upstream::client(connector.clone());
+    let h2 = http2_pool(cli, &upstream, tls, &opts, &metrics);
+    Arc::new(Proxy::new(proxy::Parts {
+        upstream,
+        client,
+        h2,
+        h2_policy: match cli.upstream_http2 {
+            cli::UpstreamHttp2::Always => proxy::Http2Policy::Always,
+            _ => proxy::Http2Policy::LongRunning,
+        },
+        connector,
+        creds,
+        filter: checked.filter,
+        prefix: checked.prefix,
+        www: checked.www,
+        append_server_path: cli.append_server_path,
+        shutdown: shutdown.clone(),
+        gate: gate::Gate::new(gate::GateParts {
+            metrics: metrics.clone(),
+            budget: checked.budget,
+            policy: checked.policy,
+            recorder: checked.recorder,
+            access_log: cli.access_log,
+        }),
+        metrics,
+        access_log: cli.access_log,
+        request_timeout: cli.request_timeout,
+        watch_resume: cli.watch_resume,
+    }))
 }
 
 /// kubectl's own checks on its flags, then ours: nothing else needs to be read.
