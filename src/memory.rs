@@ -82,8 +82,21 @@ static BUFFERS: Slots<SLOTS> = Slots::new();
 /// except that [`SLOT`]-byte allocations get a page-aligned slot while slots are left.
 pub struct Allocator;
 
+/// The alignment every slot has: the region is only page-aligned (mmap's guarantee) and
+/// slots are [`SLOT`] bytes apart, so a slot is aligned to 4 KiB, not to its own size.
+/// hyper's buffers ask for 1 (they are `Vec<u8>` and `BytesMut`).
+const SLOT_ALIGN: usize = 4096;
+
 fn is_slot(layout: Layout) -> bool {
-    layout.size() == SLOT && layout.align() <= SLOT
+    layout.size() == SLOT && layout.align() <= SLOT_ALIGN
+}
+
+/// How many slots are handed out now. For the tests: hyper's buffer size is private
+/// (`INIT_BUFFER_SIZE`), so a hyper release that changes it would silently send every
+/// buffer back to the heap; `tests/allocator.rs` holds a real connection open and checks
+/// that its buffers are here.
+pub fn slots_in_use() -> usize {
+    BUFFERS.in_use.load(Ordering::Relaxed)
 }
 
 // SAFETY: every pointer handed out is either the system allocator's (and goes back to it)
@@ -149,6 +162,8 @@ struct Slots<const N: usize> {
     /// At least how many slots `dirty` holds (raised before a push, lowered after a pop).
     dirty_len: AtomicUsize,
     clean: AtomicU64,
+    /// Slots handed out and not yet freed ([`slots_in_use`]).
+    in_use: AtomicUsize,
     /// Both stacks' links: `next[i]` is the slot under slot `i`, as index + 1 (0: none).
     next: [AtomicU32; N],
 }
@@ -179,6 +194,7 @@ impl<const N: usize> Slots<N> {
             dirty: AtomicU64::new(0),
             dirty_len: AtomicUsize::new(0),
             clean: AtomicU64::new(0),
+            in_use: AtomicUsize::new(0),
             next: [const { AtomicU32::new(0) }; N],
         }
     }
@@ -225,6 +241,7 @@ impl<const N: usize> Slots<N> {
                 })
                 .ok()?,
         };
+        self.in_use.fetch_add(1, Ordering::Relaxed);
         Some((base + index * SLOT) as *mut u8)
     }
 
@@ -239,6 +256,7 @@ impl<const N: usize> Slots<N> {
             return;
         };
         let index = (ptr as usize - base) / SLOT;
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
         if self.dirty_len.fetch_add(1, Ordering::Relaxed) < KEEP_DIRTY {
             self.push(&self.dirty, index);
         } else {
@@ -434,6 +452,24 @@ mod tests {
             .collect();
         for t in threads {
             t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn only_alignments_a_slot_has_get_one() {
+        // Slots are SLOT bytes apart in a page-aligned region: 4 KiB-aligned, no more.
+        assert!(is_slot(Layout::from_size_align(SLOT, 1).unwrap()));
+        assert!(is_slot(Layout::from_size_align(SLOT, 4096).unwrap()));
+        assert!(!is_slot(Layout::from_size_align(SLOT, 8192).unwrap()));
+        assert!(!is_slot(Layout::from_size_align(SLOT - 1, 1).unwrap()));
+        let a = Allocator;
+        let layout = Layout::from_size_align(SLOT, 8192).unwrap();
+        // SAFETY: a non-zero size and a valid alignment; freed with the same layout.
+        unsafe {
+            let p = a.alloc(layout);
+            assert!(!p.is_null());
+            assert_eq!(p as usize % 8192, 0, "an 8 KiB-aligned request got {p:p}");
+            a.dealloc(p, layout);
         }
     }
 
