@@ -30,12 +30,10 @@ RUN mkdir src \
     && cargo build --release --locked \
     && rm -rf src
 
-# The real sources, and the build script with its hot-code lists (build.rs: the code that
-# runs is laid out together, so less of the binary is resident). COPY keeps the files'
-# own mtimes, which can be older than the stub build above, so touch the crate roots to
-# make cargo rebuild this crate for certain.
+# The real sources, and the build script (build.rs: packed relocations). COPY keeps the
+# files' own mtimes, which can be older than the stub build above, so touch the crate
+# roots to make cargo rebuild this crate for certain.
 COPY build.rs ./
-COPY link ./link
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \

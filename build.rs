@@ -1,62 +1,29 @@
-//! Build script: links the release binary so that less of it has to be in memory.
+//! Build script: packs the release binary's relocations (`-z pack-relative-relocs`,
+//! DT_RELR). The position-independent binary's ~400 KB of relative relocations, all read
+//! (and their pages dirtied) at start-up, shrink to a few KB. The dynamic loader (or the
+//! static binary's own start-up code) must know DT_RELR: glibc 2.36 or later.
 //!
-//! A sidecar's idle memory is mostly its own code, and the kernel maps a binary's pages
-//! in blocks of 64 KiB or more around each page fault. The ~1.6 MB of functions that
-//! start-up and the request path execute were scattered over 5.4 MB of `.text`, so almost
-//! all of it became resident. Two linker options fix that:
-//!
-//! - `--symbol-ordering-file`: `link/hot-symbols.txt` (written by `link/update.sh` from
-//!   callgrind runs) lists the functions executed; LLD places them first and contiguous.
-//!   The names carry hashes that depend on the build's settings, so the static build of
-//!   the image (`+crt-static`, an explicit `--target`) has its own list,
-//!   `hot-symbols-static.txt`. A stale list costs memory, never correctness: names the
-//!   linker does not find are skipped. Any code change can make it stale (fat LTO
-//!   renumbers some local names), so `link/update.sh` runs after each one.
-//! - `-z pack-relative-relocs` (DT_RELR): the position-independent binary's 400 KB of
-//!   relative relocations, all read at start-up, shrink to a few KB. The dynamic loader
-//!   (or the static binary's own start-up code) must know DT_RELR: glibc 2.36 or later.
-//!
-//! Both apply to release builds of the binary on x86_64 Linux with glibc, where rustc
-//! 1.90 and later link with LLD. `KUBE_AMBASSADOR_LINK_TUNING=0` turns them off (for a
+//! It applies to release builds of the binary on x86_64 Linux with glibc, where rustc
+//! 1.90 and later link with LLD. `KUBE_AMBASSADOR_LINK_TUNING=0` turns it off (for a
 //! linker chosen by other means).
 //!
-//! The release profile does not strip, because a profile differing only in `strip` would
-//! hash every symbol differently from the build `link/update.sh` profiles. The linker
-//! strips instead (`--strip-all`, on Linux) unless `KUBE_AMBASSADOR_KEEP_SYMBOLS=1`.
+//! The binary used to be linked with a symbol-ordering file as well (LLD
+//! `--symbol-ordering-file`, the functions callgrind saw run, placed together). Measured
+//! on the dynamic release binary (bench/results.md, "Link layout"): a freshly generated
+//! list took idle RSS from 8.3 to 5.6 MiB, all of it file-backed code pages (RssFile 7.3
+//! -> 4.6 MiB; RssAnon 1.0 MiB either way), but the committed list had gone stale (fat LTO
+//! renames local functions whenever code changes; 46% of its names were gone) and saved
+//! 0.3 MiB. Keeping it fresh took a 6-minute callgrind run after every change; the pages
+//! it saves are clean page cache that copies of the binary on a node share and the
+//! kernel can drop under pressure. So it went.
 
 use std::env;
-use std::path::Path;
 use std::process::Command;
 
-/// The lists, relative to the manifest: for the ordinary build and the static one.
-const LIST: &str = "link/hot-symbols.txt";
-const LIST_STATIC: &str = "link/hot-symbols-static.txt";
-
 fn main() {
-    println!("cargo:rerun-if-changed={LIST}");
-    println!("cargo:rerun-if-changed={LIST_STATIC}");
     println!("cargo:rerun-if-env-changed=KUBE_AMBASSADOR_LINK_TUNING");
-    println!("cargo:rerun-if-env-changed=KUBE_AMBASSADOR_KEEP_SYMBOLS");
-    if var("PROFILE") != "release" {
+    if var("PROFILE") != "release" || !lld_on_x86_64_glibc() {
         return;
-    }
-    if var("CARGO_CFG_TARGET_OS") == "linux" && var("KUBE_AMBASSADOR_KEEP_SYMBOLS") != "1" {
-        println!("cargo:rustc-link-arg-bins=-Wl,--strip-all");
-    }
-    if !lld_on_x86_64_glibc() {
-        return;
-    }
-    let is_static = var("CARGO_CFG_TARGET_FEATURE")
-        .split(',')
-        .any(|f| f == "crt-static");
-    let list =
-        Path::new(&var("CARGO_MANIFEST_DIR")).join(if is_static { LIST_STATIC } else { LIST });
-    if list.is_file() {
-        println!(
-            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-            list.display()
-        );
-        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
     }
     if glibc_minor().is_some_and(|minor| minor >= 36) {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");

@@ -115,7 +115,7 @@ cargo build --release --locked --workspace --bin fake-apiserver --example bench-
 cargo build --release --locked --bin kube-ambassador >&2
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
 # The binary measured is the one the image ships (static glibc, as the Dockerfile builds
-# it, with its own hot-code list: build.rs). `cargo build --release`'s binary, which maps
+# it). `cargo build --release`'s binary, which maps
 # the shared glibc too, gets an idle RSS row of its own (OTHER_BIN).
 KA_BIN=$BIN/kube-ambassador KA_BUILD='cargo build --release (glibc shared)' OTHER_BIN='' KA_ENV=()
 if [ "${BENCH_STATIC:-1}" != 0 ] && [ "$(uname -m)" = x86_64 ]; then

@@ -7,10 +7,6 @@ use clap::Parser as _;
 use kube_ambassador::cli::{Cli, Command, InjectArgs, LogFormat};
 use tracing_subscriber::EnvFilter;
 
-/// Page-aligned slots for hyper's per-connection buffers (see `memory`).
-#[global_allocator]
-static ALLOCATOR: kube_ambassador::memory::Allocator = kube_ambassador::memory::Allocator;
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -141,13 +141,12 @@ pub(crate) async fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
         }
         Err(_) => {}
     }
-    // SAFETY: umask only swaps the process's file-creation mask; it cannot fail. Other
-    // threads creating files meanwhile only get stricter permissions, and no other code
-    // here sets the mask.
-    let old = unsafe { libc::umask(0o077) };
+    // The bind itself creates the socket owner-only (a chmod after it would leave a
+    // moment where anyone could connect). The mask is process-wide: other threads creating
+    // files meanwhile only get stricter permissions, and no other code here sets it.
+    let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let bound = UnixListener::bind(path);
-    // SAFETY: as above, restoring the previous mask.
-    unsafe { libc::umask(old) };
+    rustix::process::umask(old);
     let listener = bound.map_err(|e| fail(go_errno_text(&e)))?;
     let meta = std::fs::symlink_metadata(path).map_err(|e| fail(e.to_string()))?;
     Ok(Listener::Unix(UnixSocket {
@@ -205,26 +204,19 @@ impl Listener {
 /// common soft default of 1024 would cap a sidecar at about 500 watches. Returns the
 /// limit now in force.
 pub(crate) fn raise_open_files_limit() -> Option<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // `None` is RLIM_INFINITY.
+    let lim = getrlimit(Resource::Nofile);
+    let raised = Rlimit {
+        current: lim.maximum,
+        maximum: lim.maximum,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return None;
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: lim.rlim_max,
-                rlim_max: lim.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                lim = raised;
-            }
-        }
-    }
-    Some(lim.rlim_cur)
+    let now = if lim.current != lim.maximum && setrlimit(Resource::Nofile, raised).is_ok() {
+        raised
+    } else {
+        lim
+    };
+    Some(now.current.unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]
