@@ -14,11 +14,11 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::encoding::hex;
 use crate::respond::json_resp;
 use crate::seen::Seen;
 use crate::state::State;
 use crate::{BoxError, RespBody};
+use hex::encode as hex;
 
 /// Chunk size of `/bytes`.
 pub const BYTES_CHUNK: usize = 64 * 1024;
@@ -109,7 +109,7 @@ impl Tap {
     fn finish(&mut self) {
         if !self.done {
             self.done = true;
-            let sha = hex(&std::mem::take(&mut self.hasher).finalize());
+            let sha = hex(std::mem::take(&mut self.hasher).finalize());
             self.state.finish_body(self.idx, self.len, sha, self.ended);
         }
     }

@@ -13,13 +13,13 @@ use sha2::{Digest, Sha256};
 
 use crate::RespBody;
 use crate::diagnostics::stream_echo;
-use crate::encoding::hex;
 use crate::respond::{status, unauthorized};
 use crate::routes::route;
 use crate::seen::{Seen, seen_of};
 use crate::server::ConnInfo;
 use crate::state::State;
 use crate::upgrade::upgrade;
+use hex::encode as hex;
 
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<String> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
@@ -127,7 +127,7 @@ pub(crate) async fn handle(
     let body = Bytes::from(buf);
     let seen = Seen {
         body_len: body.len() as u64,
-        body_sha256: hex(&hasher.finalize()),
+        body_sha256: hex(hasher.finalize()),
         body_complete: complete,
         ..seen
     };

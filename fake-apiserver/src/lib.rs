@@ -56,12 +56,10 @@
 //!   start/stop).
 //! - [`pki`], [`world`]: the certificates it serves, and the kubelet-style
 //!   service-account directory a client is pointed at.
-//! - `wait`, `encoding`: bounded waits ([`within`]), and the hand-written SHA-1, base64
-//!   and hex.
+//! - `wait`: bounded waits ([`within`]). SHA-1, base64 and hex come from their crates.
 
 mod control;
 mod diagnostics;
-mod encoding;
 mod framing;
 mod handler;
 pub mod options;
@@ -78,7 +76,13 @@ mod watch;
 pub mod world;
 
 pub use diagnostics::{BYTES_CHUNK, pattern_bytes};
-pub use encoding::{base64, hex};
+pub use hex::encode as hex;
+
+/// Standard base64 with padding, as kubeconfig `*-data` fields and Basic auth carry it.
+pub fn base64(data: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
 pub use options::FakeApiOptions;
 pub use pki::Pki;
 pub use respond::status_json;

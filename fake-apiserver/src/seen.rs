@@ -4,8 +4,8 @@
 use http::{Request, Version};
 use sha2::{Digest, Sha256};
 
-use crate::encoding::hex;
 use crate::server::ConnInfo;
+use hex::encode as hex;
 
 /// One request as the fake API server received it.
 #[derive(Debug, Clone)]
@@ -93,7 +93,7 @@ pub(crate) fn seen_of<B>(
         tls_suite: conn.tls_suite.clone(),
         version: req.version(),
         body_len: 0,
-        body_sha256: hex(&Sha256::digest(b"")),
+        body_sha256: hex(Sha256::digest(b"")),
         body_complete: true,
     }
 }

@@ -11,10 +11,11 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
 
 use crate::RespBody;
-use crate::encoding::{base64, sha1};
 use crate::respond::full;
 use crate::server::ConnInfo;
 use crate::state::{State, gauge_inc};
+use base64::Engine as _;
+use sha1::{Digest as _, Sha1};
 
 pub(crate) fn upgrade(
     state: &Arc<State>,
@@ -71,5 +72,5 @@ pub(crate) fn upgrade(
 pub fn websocket_accept(key: &[u8]) -> String {
     let mut input = key.to_vec();
     input.extend_from_slice(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64(&sha1(&input))
+    base64::engine::general_purpose::STANDARD.encode(Sha1::digest(&input))
 }

@@ -114,7 +114,7 @@ async fn a_64_mib_request_body_streams_through_and_back_unchanged() {
     let expected = {
         let mut h = Sha256::new();
         (0..CHUNKS).for_each(|k| h.update(chunk(k)));
-        support::hex(&h.finalize())
+        support::hex(h.finalize())
     };
     let frames =
         futures::stream::iter(0..CHUNKS).map(move |k| Ok::<_, Infallible>(Frame::data(chunk(k))));
@@ -137,7 +137,7 @@ async fn a_64_mib_request_body_streams_through_and_back_unchanged() {
     .await;
     assert_eq!(resp.error, None);
     assert_eq!(len, CHUNK * CHUNKS);
-    assert_eq!(support::hex(&hasher.finalize()), expected);
+    assert_eq!(support::hex(hasher.finalize()), expected);
 
     let seen = api
         .wait_for_request(|s| s.path == "/stream-echo" && s.body_complete)

@@ -17,7 +17,7 @@ pub use proxy::{Proxy, ProxyAddr};
 /// Lowercase hex SHA-256 of `data` (what `/echo` reports as `body_sha256`).
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
-    hex(&sha2::Sha256::digest(data))
+    hex(sha2::Sha256::digest(data))
 }
 
 /// Writes `msg` into an upgraded stream and reads back exactly as many bytes (the fake
