@@ -213,6 +213,10 @@ fn is_clean(p: &str) -> bool {
 /// Decodes `%XX` escapes; `None` for a malformed one. Bytes that are not UTF-8 after
 /// decoding are replaced (U+FFFD): the regexes work on text, and a replacement can
 /// never make a rejected path look accepted.
+///
+/// Hand-written: Go's `url.PathUnescape`, whose verdict kubectl's filter follows, refuses
+/// a malformed escape, while the `percent-encoding` crate passes one through as text, so
+/// `%zz` would be judged as a path kubectl never sees.
 pub fn percent_decode(s: &str) -> Option<Cow<'_, str>> {
     if !s.contains('%') {
         return Some(Cow::Borrowed(s));
