@@ -13,7 +13,7 @@ mod target;
 
 use errors::{STALE_CONNECTION_RETRIES, SendError, classify, closed_connection, idempotent};
 pub use target::upstream_path_and_query;
-use target::{bad_request, build, host_error, is_watch};
+use target::{bad_request, before_handler, build, is_watch};
 mod upgrade;
 
 use std::convert::Infallible;
@@ -221,22 +221,8 @@ impl Proxy {
         peer: Peer,
         call: &mut Call,
     ) -> Response<ProxyBody> {
-        if let Some(refused) = host_error(&req) {
-            return refused;
-        }
-        // `OPTIONS *` asks about the server itself: Go's server (so kubectl) answers it.
-        if req.method() == Method::OPTIONS && req.uri() == "*" {
-            let mut resp = Response::new(ProxyBody::empty());
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-            return resp;
-        }
-        if req.method() == Method::CONNECT || req.uri().path() == "*" {
-            return status::response(
-                StatusCode::BAD_REQUEST,
-                Reason::BadRequest,
-                "CONNECT and asterisk-form requests are not proxied",
-            );
+        if let Some(answer) = before_handler(&req) {
+            return answer;
         }
         let uri = req.uri().clone();
         let (raw_path, decoded) = match self.prefix.route(uri.path(), uri.query()) {
@@ -256,41 +242,8 @@ impl Proxy {
             }
             Route::BadRequest => return bad_request("400 Bad Request"),
         };
-        if let Some(filter) = &self.filter {
-            if let Some(c) = crate::proxy::filter::control_character(&decoded) {
-                tracing::debug!(
-                    method = %req.method(),
-                    path = %Escaped(&decoded),
-                    "refused a path with a control character"
-                );
-                return status::response(
-                    StatusCode::BAD_REQUEST,
-                    Reason::BadRequest,
-                    &format!(
-                        "the decoded path holds a control character (U+{:04X}), which no \
-                         Kubernetes name can hold",
-                        u32::from(c)
-                    ),
-                );
-            }
-            // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
-            let host = match uri.authority() {
-                Some(a) => crate::proxy::filter::host_and_port(a),
-                None => req
-                    .headers()
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .unwrap_or(""),
-            };
-            if !filter.accepts(req.method().as_str(), &decoded, host) {
-                tracing::debug!(
-                    method = %req.method(),
-                    path = %Escaped(&decoded),
-                    host = %Escaped(host),
-                    "filter rejected request"
-                );
-                return status::forbidden();
-            }
+        if let Some(refused) = self.refused_by_filter(&req, &decoded) {
+            return refused;
         }
         // As the API server will read it: metrics labels, --policy, --qps, --record-rbac.
         let attrs = crate::access::attributes::parse(req.method().as_str(), &decoded, uri.query());
@@ -322,6 +275,51 @@ impl Proxy {
             return status::for_discovery(resp);
         }
         resp
+    }
+
+    /// The filter's verdict (kubectl's rules on method, decoded path and host): `Some`
+    /// answer when the request is refused. A decoded control character is refused first.
+    fn refused_by_filter(
+        &self,
+        req: &Request<Incoming>,
+        decoded: &str,
+    ) -> Option<Response<ProxyBody>> {
+        let filter = self.filter.as_ref()?;
+        if let Some(c) = crate::proxy::filter::control_character(decoded) {
+            tracing::debug!(
+                method = %req.method(),
+                path = %Escaped(decoded),
+                "refused a path with a control character"
+            );
+            return Some(status::response(
+                StatusCode::BAD_REQUEST,
+                Reason::BadRequest,
+                &format!(
+                    "the decoded path holds a control character (U+{:04X}), which no \
+                     Kubernetes name can hold",
+                    u32::from(c)
+                ),
+            ));
+        }
+        // RFC 9112 §3.2.2: an absolute-form target's authority replaces Host.
+        let host = match req.uri().authority() {
+            Some(a) => crate::proxy::filter::host_and_port(a),
+            None => req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or(""),
+        };
+        if !filter.accepts(req.method().as_str(), decoded, host) {
+            tracing::debug!(
+                method = %req.method(),
+                path = %Escaped(decoded),
+                host = %Escaped(host),
+                "filter rejected request"
+            );
+            return Some(status::forbidden());
+        }
+        None
     }
 
     /// Fixed origin + the client's path and query, byte for byte (but for bytes no URI

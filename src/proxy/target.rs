@@ -7,7 +7,7 @@ use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 
 use crate::proxy::body::ProxyBody;
-use crate::proxy::status;
+use crate::proxy::status::{self, Reason};
 use crate::upstream::RequestBody;
 
 /// The path and query the API server is sent: `base` (the server URL's path, or `""`),
@@ -33,6 +33,29 @@ pub fn upstream_path_and_query(
 /// [`crate::proxy::router::push_uri_escaped`], which the 301's Location uses too).
 pub(super) fn push_path(out: &mut Vec<u8>, path: &str) {
     crate::proxy::router::push_uri_escaped(out, path);
+}
+
+/// What Go's server answers before any handler runs (so kubectl does too): a bad `Host`
+/// or userinfo (400, [`host_error`]), `OPTIONS *` (200, about the server itself), and
+/// CONNECT or another asterisk-form request (400: never proxied).
+pub(super) fn before_handler<B>(req: &Request<B>) -> Option<Response<ProxyBody>> {
+    if let Some(refused) = host_error(req) {
+        return Some(refused);
+    }
+    if req.method() == Method::OPTIONS && req.uri() == "*" {
+        let mut resp = Response::new(ProxyBody::empty());
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        return Some(resp);
+    }
+    if req.method() == Method::CONNECT || req.uri().path() == "*" {
+        return Some(status::response(
+            StatusCode::BAD_REQUEST,
+            Reason::BadRequest,
+            "CONNECT and asterisk-form requests are not proxied",
+        ));
+    }
+    None
 }
 
 /// RFC 9112 §3.2, enforced as Go's server (and so kubectl) does before any handler runs:
