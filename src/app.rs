@@ -170,6 +170,7 @@ pub async fn run(cli: Cli) -> Result<(), RunError> {
         access_log: cli.access_log,
         request_timeout: cli.request_timeout,
         watch_resume: cli.watch_resume,
+        hedge_after: cli.upstream_hedge_after,
     }));
     if let Some(admin) = admin {
         if let Ok(addr) = admin.local_addr() {
