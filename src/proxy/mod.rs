@@ -577,8 +577,9 @@ impl Proxy {
         let ours = sent.is_some();
         // A request without a body can be sent again: after a 401 if a newer credential
         // shows up, after the API server refused it unprocessed (any method, HTTP/2), and
-        // (idempotent ones) after meeting a connection that had closed. One header-map
-        // copy serves all three; no body is ever kept.
+        // (idempotent ones) after meeting a connection that had closed or being late
+        // over HTTP/1.1 (a hedge). One header-map copy serves them all. (A refused HTTP/2
+        // request with a small body is sent again too: the pool keeps that copy itself.)
         let renewable = sent.is_some() && self.creds.can_change();
         let replay = body.is_end_stream().then(|| headers.clone());
         let method = parts.method;
