@@ -243,6 +243,7 @@ fn build_proxy(
         access_log: cli.access_log,
         request_timeout: cli.request_timeout,
         watch_resume: cli.watch_resume,
+        hedge_after: cli.upstream_hedge_after,
     }))
 }
 

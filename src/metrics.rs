@@ -183,6 +183,37 @@ impl ResumeResult {
     }
 }
 
+/// How a hedged request ended (`proxy/hedge.rs`, `--upstream-hedge-after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeResult {
+    /// The second copy's response headers came first.
+    Won,
+    /// The first copy answered first; the second was cancelled.
+    Lost,
+    /// The second copy got no answer (the first one's outcome stood).
+    Failed,
+    /// Not sent: the process already had its maximum of hedges in flight.
+    Capped,
+}
+
+impl HedgeResult {
+    const ALL: [HedgeResult; 4] = [
+        HedgeResult::Won,
+        HedgeResult::Lost,
+        HedgeResult::Failed,
+        HedgeResult::Capped,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            HedgeResult::Won => "won",
+            HedgeResult::Lost => "lost",
+            HedgeResult::Failed => "failed",
+            HedgeResult::Capped => "capped",
+        }
+    }
+}
+
 /// Upper bounds of the watch-gap histogram, in seconds.
 const GAP_BUCKETS: [f64; 8] = [0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -196,6 +227,8 @@ pub struct Metrics {
     duration_count: AtomicU64,
     duration_sum_micros: AtomicU64,
     upstream_errors: [AtomicU64; 5],
+    /// Hedged requests by [`HedgeResult`].
+    upstream_hedges: [AtomicU64; 4],
     open_connections: AtomicI64,
     active_watches: AtomicI64,
     active_upgrades: AtomicI64,
@@ -235,6 +268,7 @@ impl Default for Metrics {
             duration_count: AtomicU64::new(0),
             duration_sum_micros: AtomicU64::new(0),
             upstream_errors: Default::default(),
+            upstream_hedges: Default::default(),
             open_connections: AtomicI64::new(0),
             active_watches: AtomicI64::new(0),
             active_upgrades: AtomicI64::new(0),
@@ -368,6 +402,11 @@ impl Metrics {
         self.upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
         let seq = self.events.fetch_add(1, Ordering::Relaxed) + 1;
         self.last_failure_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// A hedged request ended so (or was not sent, [`HedgeResult::Capped`]).
+    pub fn hedge(&self, result: HedgeResult) {
+        self.upstream_hedges[result as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The API server answered (any status).
@@ -557,6 +596,23 @@ impl Collector for Metrics {
             "kube_ambassador_upstream_errors",
             "Requests that got no answer from the API server, by cause.",
             &errors,
+        )?;
+        let hedges: Vec<([(&str, &str); 1], u64)> = HedgeResult::ALL
+            .iter()
+            .map(|r| {
+                (
+                    [("result", r.as_str())],
+                    load(&self.upstream_hedges[*r as usize]),
+                )
+            })
+            .collect();
+        let hedges: Vec<(&[(&str, &str)], u64)> =
+            hedges.iter().map(|(l, v)| (&l[..], *v)).collect();
+        counter(
+            &mut encoder,
+            "kube_ambassador_upstream_hedges",
+            "Short idempotent requests sent a second time for want of response headers after --upstream-hedge-after, by outcome: won (the second copy answered first), lost (the first did), failed (the second got no answer), capped (not sent: too many hedges in flight).",
+            &hedges,
         )?;
         let results =
             |a: &[AtomicU64; 2], ok: &'static str| [(ok, load(&a[0])), ("failed", load(&a[1]))];
@@ -770,6 +826,7 @@ mod tests {
             Duration::from_secs(20),
         );
         m.upstream_error(UpstreamErrorKind::Tls);
+        m.hedge(HedgeResult::Won);
         ReloadObserver::token_reloaded(&*m, Reload::Changed);
         let _w = m.open(Open::Watch);
         m.token_times(Some(unix_now() - 5), Some(2_000_000_000));
@@ -783,6 +840,8 @@ mod tests {
             "kube_ambassador_request_duration_seconds_bucket{le=\"10.0\"} 1",
             "kube_ambassador_request_duration_seconds_bucket{le=\"+Inf\"} 2",
             "kube_ambassador_upstream_errors_total{kind=\"tls\"} 1",
+            "kube_ambassador_upstream_hedges_total{result=\"won\"} 1",
+            "kube_ambassador_upstream_hedges_total{result=\"capped\"} 0",
             "kube_ambassador_token_reloads_total{result=\"changed\"} 1",
             "kube_ambassador_active_watches 1",
             "kube_ambassador_token_expiry_timestamp_seconds 2000000000",

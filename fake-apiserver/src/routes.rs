@@ -82,7 +82,8 @@ pub(crate) async fn route(
             tokio::time::sleep(Duration::from_millis(ms)).await;
             json_resp(200, json!({"slept_ms": ms}))
         }
-        ["", "hold", id] if get => {
+        // POST too, for a write that must never be sent twice.
+        ["", "hold", id] if get || method == Method::POST => {
             let id = id.to_string();
             let mut released = state.released.subscribe();
             state.held.send_modify(|s| {

@@ -7,6 +7,7 @@ pub(crate) mod body;
 mod errors;
 pub mod filter;
 pub mod headers;
+mod hedge;
 pub mod router;
 pub(crate) mod status;
 mod target;
@@ -65,6 +66,9 @@ pub struct Proxy {
     access_log: bool,
     request_timeout: Duration,
     pub(crate) watch_resume: bool,
+    /// `--upstream-hedge-after`: short idempotent HTTP/1.1 requests sent once more when
+    /// their response headers are late (`hedge.rs`).
+    hedge: hedge::Hedge,
     disable_compression: bool,
     /// `Impersonate-*` headers from `--as`, `--as-group`, `--as-uid`.
     impersonate: Vec<(HeaderName, HeaderValue)>,
@@ -119,6 +123,8 @@ pub struct Parts {
     pub request_timeout: Duration,
     /// `--watch-resume`: JSON watches survive the end of their upstream stream.
     pub watch_resume: bool,
+    /// `--upstream-hedge-after` (zero: no hedging).
+    pub hedge_after: Duration,
 }
 
 impl Proxy {
@@ -152,6 +158,7 @@ impl Proxy {
             access_log: p.access_log,
             request_timeout: p.request_timeout,
             watch_resume: p.watch_resume,
+            hedge: hedge::Hedge::new(p.hedge_after),
             disable_compression,
             impersonate,
             host,
@@ -502,7 +509,10 @@ impl Proxy {
 
     /// One attempt: over HTTP/2 when enabled for this kind of request and the server
     /// speaks it, else HTTP/1.1. (The HTTP/2 pool retries what it safely can itself, from
-    /// `replay`: the headers of a bodiless request, the one copy the caller keeps.)
+    /// `replay`: the headers of a bodiless request, the one copy the caller keeps.) A
+    /// short bodiless GET, HEAD or OPTIONS over HTTP/1.1 still without response headers
+    /// after `--upstream-hedge-after` is sent once more, and the first answer wins
+    /// (`hedge.rs`: an HTTP/1.1 connection cannot be pinged, and a frozen one looks slow).
     pub(crate) async fn dispatch(
         &self,
         req: Request<RequestBody>,
@@ -521,7 +531,29 @@ impl Proxy {
             }
             _ => req,
         };
-        Ok(self.client.request(req).await?.map(UpstreamBody::Http1))
+        let hedged = replay
+            .filter(|_| {
+                self.hedge
+                    .applies(req.method(), req.body().is_end_stream(), long_lived)
+            })
+            .map(|headers| (req.method().clone(), req.uri().clone(), headers));
+        let mut first = self.client.request(req);
+        let Some(copy) = hedged else {
+            return Ok(first.await?.map(UpstreamBody::Http1));
+        };
+        tokio::select! {
+            biased;
+            r = &mut first => return Ok(r?.map(UpstreamBody::Http1)),
+            () = tokio::time::sleep(self.hedge.after()) => {}
+        }
+        // Boxed: rare, and its state (a second request, a dial) would otherwise enlarge
+        // every request's future.
+        let upstreams = hedge::Upstreams {
+            connector: &self.connector,
+            h2: self.h2.as_ref(),
+            metrics: &self.metrics,
+        };
+        Box::pin(hedge::race(&self.hedge, upstreams, first, copy)).await
     }
 
     async fn forward(
@@ -543,8 +575,9 @@ impl Proxy {
         let ours = sent.is_some();
         // A request without a body can be sent again: after a 401 if a newer credential
         // shows up, after the API server refused it unprocessed (any method, HTTP/2), and
-        // (idempotent ones) after meeting a connection that had closed. One header-map
-        // copy serves all three; no body is ever kept.
+        // (idempotent ones) after meeting a connection that had closed or being late
+        // over HTTP/1.1 (a hedge). One header-map copy serves them all. (A refused HTTP/2
+        // request with a small body is sent again too: the pool keeps that copy itself.)
         let renewable = sent.is_some() && self.creds.can_change();
         let replay = body.is_end_stream().then(|| headers.clone());
         let method = parts.method;

@@ -1,11 +1,13 @@
 //! What is sent to the API server: a client's request body, streamed, or none (a
-//! bodiless request, a retry, a resumed watch). Trailers pass without the
+//! bodiless request, a retry, a resumed watch), or the kept copy of a small body sent
+//! again after the server refused it unprocessed (`h2pool`). Trailers pass without the
 //! connection-specific fields HTTP/2 forbids (`headers::strip_trailers`).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::HeaderMap;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::proxy::headers;
@@ -18,8 +20,19 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub enum RequestBody {
     /// The client's body, frame by frame as it arrives.
     Stream(Incoming),
+    /// A whole body kept while it was first sent (at most `h2pool`'s
+    /// `KEPT_BODY_LIMIT`), sent again. Boxed: rare, and inline it would enlarge every
+    /// request's future (see `proxy`'s `future_size`).
+    Kept(Box<KeptBody>),
     #[default]
     Empty,
+}
+
+/// A kept request body: its data, then its trailers.
+#[derive(Debug)]
+pub struct KeptBody {
+    pub data: Option<Bytes>,
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Body for RequestBody {
@@ -34,6 +47,13 @@ impl Body for RequestBody {
             RequestBody::Stream(inner) => {
                 clean_trailers(Pin::new(inner).poll_frame(cx)).map_err(Into::into)
             }
+            RequestBody::Kept(kept) => Poll::Ready(
+                kept.data
+                    .take()
+                    .map(Frame::data)
+                    .or_else(|| kept.trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             RequestBody::Empty => Poll::Ready(None),
         }
     }
@@ -41,6 +61,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Stream(inner) => inner.is_end_stream(),
+            RequestBody::Kept(kept) => kept.data.is_none() && kept.trailers.is_none(),
             RequestBody::Empty => true,
         }
     }
@@ -48,6 +69,9 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Stream(inner) => inner.size_hint(),
+            RequestBody::Kept(kept) => {
+                SizeHint::with_exact(kept.data.as_ref().map_or(0, |d| d.len() as u64))
+            }
             RequestBody::Empty => SizeHint::with_exact(0),
         }
     }

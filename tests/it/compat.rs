@@ -170,6 +170,13 @@ pub const DIFFERENCES: &[(&str, &str)] = &[
          h2c connection counts as one more; an h2c connection gets at most 100 concurrent \
          streams and a 64 KiB send buffer per stream (kubectl does not speak h2c).",
     ),
+    (
+        "hedged-requests",
+        "A short idempotent request without response headers after \
+         `--upstream-hedge-after` is sent once more (see [Hedged \
+         requests](#hedged-requests)); kubectl waits for a frozen HTTP/1.1 connection as \
+         long as its client does.",
+    ),
 ];
 
 /// Where we differ from kubectl and it is *not* deliberate: neither better nor clearly a
@@ -215,6 +222,11 @@ pub const NOT_SIDE_BY_SIDE: &[(&str, &str)] = &[
         "connection-budget",
         "kubectl proxy does not speak h2c, and reaching 2,048 connections through both \
          proxies is a load test; tests/it/hardening.rs checks the budget with a small limit",
+    ),
+    (
+        "hedged-requests",
+        "needs a connection that freezes between the proxy and the API server (a relay); \
+         tests/it/hedge.rs shows it",
     ),
     (
         "configured-roots",

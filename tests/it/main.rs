@@ -25,6 +25,7 @@ mod filter;
 mod forwarding;
 mod go_upstream;
 mod hardening;
+mod hedge;
 mod http2;
 mod inject;
 mod k8s_aware;

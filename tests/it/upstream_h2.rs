@@ -113,8 +113,9 @@ async fn by_default_short_requests_take_http1_and_watches_http2() {
 
 // ---- a minimal HTTP/2 server that refuses streams, for the retry rules ----
 
-/// Answers every stream 200 with the method's name, but resets the first `refuse` streams
-/// with REFUSED_STREAM (RFC 9113 §8.7: "not processed"). Counts the streams it saw.
+/// Answers every stream 200 with the method's name followed by the request body it read,
+/// but resets the first `refuse` streams with REFUSED_STREAM (RFC 9113 §8.7: "not
+/// processed") without reading them. Counts the streams it saw.
 struct Refuser {
     addr: SocketAddr,
     seen: Arc<AtomicUsize>,
@@ -156,10 +157,20 @@ impl Refuser {
                             respond.send_reset(h2::Reason::REFUSED_STREAM);
                             continue;
                         }
-                        let resp = http::Response::builder().status(200).body(()).unwrap();
-                        if let Ok(mut body) = respond.send_response(resp, false) {
-                            let _ = body.send_data(Bytes::from(req.method().to_string()), true);
-                        }
+                        // Answered from a task of its own: the body arrives through the
+                        // connection, which this loop must keep polling.
+                        tokio::spawn(async move {
+                            let (parts, mut body) = req.into_parts();
+                            let mut answer = parts.method.to_string().into_bytes();
+                            while let Some(Ok(data)) = body.data().await {
+                                let _ = body.flow_control().release_capacity(data.len());
+                                answer.extend_from_slice(&data);
+                            }
+                            let resp = http::Response::builder().status(200).body(()).unwrap();
+                            if let Ok(mut out) = respond.send_response(resp, false) {
+                                let _ = out.send_data(Bytes::from(answer), true);
+                            }
+                        });
                     }
                 });
             }
@@ -201,16 +212,62 @@ async fn a_refused_bodiless_request_is_sent_again_whatever_its_method() {
     );
 }
 
+/// The bound on a kept request body (`h2pool/stream.rs`, `KEPT_BODY_LIMIT`).
+const KEPT_BODY_LIMIT: usize = 64 * 1024;
+
+/// `n` bytes of a pattern that shows any byte lost, doubled or moved.
+fn body_of(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
 #[tokio::test]
-async fn a_refused_request_with_a_body_is_not_sent_again() {
+async fn a_refused_request_with_a_small_body_is_sent_again_with_the_same_bytes() {
+    for (len, what) in [(14, "one frame"), (KEPT_BODY_LIMIT, "exactly the bound")] {
+        let (refuser, _world, proxy) = refuser_proxy(1).await;
+        let body = body_of(len);
+        let resp = client::send("POST", &proxy.url(PODS), &[], body.clone()).await;
+        assert_eq!(resp.status, 200, "{what}: {}", resp.text());
+        let mut want = b"POST".to_vec();
+        want.extend_from_slice(&body);
+        assert!(
+            resp.body[..] == want[..],
+            "{what}: the second attempt got other bytes"
+        );
+        assert_eq!(
+            refuser.seen.load(Ordering::SeqCst),
+            2,
+            "{what}: refused once, then sent again"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_streamed_body_without_a_length_is_sent_again_whole() {
     let (refuser, _world, proxy) = refuser_proxy(1).await;
-    let resp = client::send("POST", &proxy.url(PODS), &[], "{\"kind\":\"Pod\"}").await;
+    // Chunked, in three parts: no Content-Length, so the copy is kept as it streams.
+    let req = "PUT /api/v1/namespaces/default/pods/p HTTP/1.1\r\nHost: localhost\r\n\
+               Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+               5\r\nhello\r\n1\r\n,\r\n6\r\n world\r\n0\r\n\r\n";
+    let answer = within(
+        "the answer",
+        client::raw_until_close(proxy.socket_addr(), req.as_bytes()),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("PUThello, world"), "{answer}");
+    assert_eq!(refuser.seen.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_refused_request_with_a_body_past_the_bound_is_not_sent_again() {
+    let (refuser, _world, proxy) = refuser_proxy(1).await;
+    let resp = client::send("POST", &proxy.url(PODS), &[], body_of(KEPT_BODY_LIMIT + 1)).await;
     assert_eq!(resp.status, 502, "{}", resp.text());
     assert_eq!(resp.json()["kind"], "Status");
     assert_eq!(
         refuser.seen.load(Ordering::SeqCst),
         1,
-        "a body is never replayed"
+        "a body past the bound is never kept, so never sent twice"
     );
 }
 

@@ -57,7 +57,7 @@ mod stream;
 use conn::{Conn, ConnState, Conns, Slot, Watched, remove, spawn_idle_reaper, watch_health};
 pub(crate) use conn::{H2Error, Health};
 pub(crate) use stream::RecvBody;
-use stream::{Reset, pipe};
+use stream::{Piped, Reset, may_keep, pipe};
 
 /// Streams assumed until the server's SETTINGS arrive: RFC 9113 §6.5.2 recommends a server
 /// allow at least 100, and Go's transport starts with the same figure.
@@ -119,8 +119,10 @@ pub struct H2Pool {
 enum Failed {
     /// The connection would take no new stream: the request, untouched, for another.
     NotSent(Box<Request<RequestBody>>),
-    /// Refused unprocessed by the server: safe to send anywhere, whatever the method.
-    Refused(H2Error),
+    /// Refused unprocessed by the server: safe to send anywhere, whatever the method,
+    /// with this body (none, untouched, or the kept copy); `None` if the body could not
+    /// be kept (past `stream::KEPT_BODY_LIMIT`).
+    Refused(H2Error, Option<RequestBody>),
     /// Lost with its connection before response headers.
     Lost(H2Error),
     Final(H2Error),
@@ -171,19 +173,24 @@ impl H2Pool {
 
     /// Sends `req` on a connection with a free stream slot, dialling one if none has.
     /// A request the server refused unprocessed (REFUSED_STREAM, or above a GOAWAY's
-    /// last-stream-id: RFC 9113 §8.7) goes to another connection whatever its method; one
+    /// last-stream-id: RFC 9113 §8.7) goes to another connection whatever its method,
+    /// its body too if it was small enough to be kept (`stream::KEPT_BODY_LIMIT`); one
     /// lost with its connection before response headers is sent again once if it is
     /// idempotent and has no body. Nothing else is retried.
     ///
     /// `replay` holds the headers of a bodiless request (the caller's one copy): what it
-    /// takes to send it again. A request without it is sent once.
+    /// takes to send it again. A request with a small body has its headers copied here
+    /// (the body's copy is kept by its pipe); any other is sent once.
     pub async fn send(
         &self,
         mut req: Request<RequestBody>,
         replay: Option<&HeaderMap>,
     ) -> Result<Sent, H2Error> {
-        let replay = replay.filter(|_| req.body().is_end_stream());
+        let bodiless = req.body().is_end_stream();
+        let replay = replay.filter(|_| bodiless);
         let mut lost_retry = replay.is_some() && idempotent(req.method());
+        let owned = (!bodiless && may_keep(&req.body().size_hint())).then(|| req.headers().clone());
+        let replay = replay.or(owned.as_ref());
         let mut last = None;
         for _ in 0..ATTEMPTS {
             if self.http1_only.load(Ordering::Acquire) {
@@ -199,20 +206,20 @@ impl H2Pool {
                 },
             };
             // What another attempt would need: method and URI (cheap, shared buffers) and
-            // the caller's headers, copied only if that attempt happens. A body is never
-            // kept, so a request with one is sent once.
+            // the headers, copied only if that attempt happens. A body comes back from
+            // the attempt when it was kept.
             let copy = replay.map(|headers| (req.method().clone(), req.uri().clone(), headers));
-            let again = match self.attempt(&conn, slot, req).await {
+            let again = match self.attempt(&conn, slot, req, copy.is_some()).await {
                 Ok(resp) => return Ok(Sent::Response(resp)),
                 Err(Failed::NotSent(back)) => *back,
-                Err(Failed::Refused(e)) => match copy {
-                    Some(copy) => {
+                Err(Failed::Refused(e, body)) => match copy.zip(body) {
+                    Some((copy, body)) => {
                         tracing::debug!(
                             conn = conn.id,
                             "request refused unprocessed ({e}); trying another connection"
                         );
                         last = Some(e);
-                        rebuild(copy)
+                        rebuild(copy, body)
                     }
                     None => return Err(e),
                 },
@@ -224,7 +231,7 @@ impl H2Pool {
                         );
                         lost_retry = false;
                         last = Some(e);
-                        rebuild(copy)
+                        rebuild(copy, RequestBody::Empty)
                     }
                     None => return Err(e),
                 },
@@ -240,12 +247,14 @@ impl H2Pool {
         }
     }
 
-    /// One try on `conn`.
+    /// One try on `conn`; `replayable`: the request could be sent again if refused (its
+    /// headers are kept, and its body is none or small enough to be).
     async fn attempt(
         &self,
         conn: &Conn,
         slot: Slot,
         req: Request<RequestBody>,
+        replayable: bool,
     ) -> Result<Response<RecvBody>, Failed> {
         let mut send = conn.send.clone();
         // Waits for h2's own pending-open slot (one stream being opened at a time per
@@ -260,15 +269,16 @@ impl H2Pool {
         prepare_head(&mut head, end);
         let (response, stream) = match send.send_request(head, end) {
             Ok(sent) => sent,
-            Err(e) => return Err(Failed::Refused(e.into())),
+            // Nothing was sent: the body is untouched.
+            Err(e) => return Err(Failed::Refused(e.into(), Some(body))),
         };
-        let (reset, body_failed) = if end {
+        let (reset, piped) = if end {
             (Reset::Direct(stream), None)
         } else {
             let (cancel_tx, cancel_rx) = oneshot::channel();
-            let (failed_tx, failed_rx) = oneshot::channel();
-            tokio::spawn(pipe(body, stream, cancel_rx, failed_tx));
-            (Reset::Pipe(Some(cancel_tx)), Some(failed_rx))
+            let (done_tx, done_rx) = oneshot::channel();
+            tokio::spawn(pipe(body, stream, cancel_rx, done_tx));
+            (Reset::Pipe(Some(cancel_tx)), Some(done_rx))
         };
         match self.await_headers(&conn.state, response).await {
             Ok(resp) => {
@@ -278,14 +288,30 @@ impl H2Pool {
                 Ok(Response::from_parts(parts, body))
             }
             Err(e) => {
-                if let Some(cause) = body_failed.and_then(|mut f| f.try_recv().ok()) {
-                    return Err(Failed::Final(H2Error::RequestBody(cause)));
-                }
                 let ended = conn.state.transport_ended.load(Ordering::Acquire);
                 let refused = e.is_remote()
                     && (e.reason() == Some(h2::Reason::REFUSED_STREAM) || e.is_go_away() && !ended);
+                // A refused request may go again with its body: the pipe's word on it is
+                // awaited (it reads the rest of a small body into its copy, bounded by
+                // `stream::KEPT_BODY_LIMIT`; a reset wakes it if it waits for window).
+                // Otherwise only a failure it has already reported is read.
+                let piped = match piped {
+                    None => Some(Piped::Sent(Some(RequestBody::Empty))),
+                    Some(rx) if refused && replayable => rx.await.ok(),
+                    Some(mut rx) => rx.try_recv().ok(),
+                };
+                let kept = match piped {
+                    Some(Piped::Failed(cause)) => {
+                        return Err(Failed::Final(H2Error::RequestBody(cause)));
+                    }
+                    Some(Piped::Stopped { cause, .. }) if !refused => {
+                        return Err(Failed::Final(H2Error::RequestBody(cause)));
+                    }
+                    Some(Piped::Sent(kept) | Piped::Stopped { kept, .. }) => kept,
+                    None => None,
+                };
                 Err(if refused {
-                    Failed::Refused(e.into())
+                    Failed::Refused(e.into(), kept)
                 } else if ended || e.is_io() {
                     Failed::Lost(e.into())
                 } else {
@@ -440,9 +466,13 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// A bodiless request built again from its method, URI and headers.
-fn rebuild((method, uri, headers): (Method, http::Uri, &HeaderMap)) -> Request<RequestBody> {
-    let mut req = Request::new(RequestBody::Empty);
+/// A request built again from its method, URI and headers, with `body` (none, or the
+/// kept copy of its body).
+fn rebuild(
+    (method, uri, headers): (Method, http::Uri, &HeaderMap),
+    body: RequestBody,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body);
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
