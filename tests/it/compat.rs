@@ -200,18 +200,8 @@ pub const KNOWN_GAPS: &[(&str, &str)] = &[
 pub const NOT_SIDE_BY_SIDE: &[(&str, &str)] = &[
     (
         "keepalive-zero",
-        "a socket option on the upstream connection (src/upstream/connector.rs): nothing the fake API \
-         server can observe",
-    ),
-    (
-        "log-escapes",
-        "the cases compare answers and what reached the API server, not logs; \
-         tests/it/hardening.rs checks both log formats",
-    ),
-    (
-        "connection-budget",
-        "kubectl proxy does not speak h2c, and reaching 2,048 connections through both \
-         proxies is a load test; tests/it/hardening.rs checks the budget with a small limit",
+        "a socket option on the upstream connection (src/upstream/connector.rs): nothing the fake \
+         API server can observe",
     ),
     (
         "log-escapes",
