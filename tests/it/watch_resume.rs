@@ -505,30 +505,39 @@ async fn soak_events_expected_and_received_across_disruptions() {
     assert_eq!(got, sent);
 }
 
-/// A dead upstream connection (frozen: no FIN, no RST) is found by the HTTP/2 pool's ping
-/// (here after 2 s without a frame and 2 s for the answer; 30 s and 5 s by default) and
-/// the watch resumes on a new connection with the events sent meanwhile.
-#[tokio::test]
-async fn a_watch_on_a_frozen_connection_is_resumed_after_the_health_check() {
+/// The fake API server behind a relay that can freeze its connections, and a proxy
+/// (in-cluster, pinging after 2 s of silence, 2 s to answer) in front of the relay.
+async fn through_relay(extra: &[&str]) -> (FakeApi, World, Relay, Proxy) {
     let pki = Pki::new();
     let api = start_api(&pki).await;
     let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
     let relay = Relay::start(api.port()).await;
     let sa = format!("--service-account-dir={}", world.sa_dir().display());
     let port = relay.port.to_string();
+    let mut args = vec![
+        sa.as_str(),
+        "--port=0",
+        "--upstream-ping-interval=2s",
+        "--upstream-ping-timeout=2s",
+    ];
+    args.extend_from_slice(extra);
     let proxy = Proxy::start(
-        &[
-            &sa,
-            "--port=0",
-            "--upstream-ping-interval=2s",
-            "--upstream-ping-timeout=2s",
-        ],
+        &args,
         &[
             ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
             ("KUBERNETES_SERVICE_PORT", &port),
         ],
     )
     .await;
+    (api, world, relay, proxy)
+}
+
+/// A dead upstream connection (frozen: no FIN, no RST) is found by the HTTP/2 pool's ping
+/// (here after 2 s without a frame and 2 s for the answer; 30 s and 5 s by default) and
+/// the watch resumes on a new connection with the events sent meanwhile.
+#[tokio::test]
+async fn a_watch_on_a_frozen_connection_is_resumed_after_the_health_check() {
+    let (api, _world, relay, proxy) = through_relay(&[]).await;
     let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
     let before = send_events(&api, "before", 1);
     let (events, _) = read_events(&mut watch, 1).await;
@@ -635,26 +644,7 @@ fn free_port() -> u16 {
 /// streams, and 200 watches on it waited for the relay to give up, 40 s.)
 #[tokio::test]
 async fn a_watch_on_a_connection_that_got_a_goaway_and_then_froze_is_resumed() {
-    let pki = Pki::new();
-    let api = start_api(&pki).await;
-    let world = World::with_sa(TOKEN, &pki.ca_pem(), "default");
-    let relay = Relay::start(api.port()).await;
-    let sa = format!("--service-account-dir={}", world.sa_dir().display());
-    let port = relay.port.to_string();
-    let proxy = Proxy::start(
-        &[
-            &sa,
-            "--port=0",
-            "--upstream-http2=true",
-            "--upstream-ping-interval=2s",
-            "--upstream-ping-timeout=2s",
-        ],
-        &[
-            ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
-            ("KUBERNETES_SERVICE_PORT", &port),
-        ],
-    )
-    .await;
+    let (api, _world, relay, proxy) = through_relay(&["--upstream-http2=true"]).await;
     let (mut watch, _) = watch_from_now(&api, &proxy, "").await;
     let before = send_events(&api, "before", 1);
     let (events, _) = read_events(&mut watch, 1).await;
