@@ -1,7 +1,7 @@
 //! What went wrong on the way to the API server: the Status (code, reason, message) and
 //! metric label for a failure, and whether a failed attempt may be sent again.
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 use crate::metrics::UpstreamErrorKind;
 use crate::proxy::status::Reason;
@@ -80,14 +80,6 @@ pub(super) fn classify(
 
 /// How many times a replayable request is sent again after meeting a closed connection.
 pub(super) const STALE_CONNECTION_RETRIES: usize = 3;
-
-/// Methods that can be sent twice without harm (with no body: Go's rule).
-pub(super) fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
-}
 
 /// A failed attempt to get response headers from the API server.
 #[derive(Debug, thiserror::Error)]

@@ -12,14 +12,13 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body as _, Incoming};
 
-use super::errors::{STALE_CONNECTION_RETRIES, SendError, classify, closed_connection, idempotent};
+use super::errors::{STALE_CONNECTION_RETRIES, SendError, classify, closed_connection};
 use super::status::Reason;
-use super::target::build;
 use super::{Http2Policy, IMPERSONATE_USER, Peer, Proxy, UpstreamTime, headers, hedge, status};
 use crate::metrics::{Metrics, Open, UpstreamErrorKind};
 use crate::proxy::body::{ProxyBody, Tracked};
 use crate::upstream::h2pool::Sent;
-use crate::upstream::{RequestBody, UpstreamBody};
+use crate::upstream::{RequestBody, UpstreamBody, idempotent, request};
 use crate::watch::Rewatch;
 
 impl Proxy {
@@ -145,7 +144,7 @@ impl Proxy {
                         tracing::debug!(
                             "kept-alive connection closed by the API server ({e}); sending again"
                         );
-                        let req = build(&method, &uri, headers.clone(), RequestBody::Empty);
+                        let req = request(&method, &uri, headers.clone(), RequestBody::Empty);
                         result = self.dispatch(req, Some(headers), long_lived).await;
                     }
                     _ => break,
@@ -236,7 +235,7 @@ impl Proxy {
         if let Some(first) = plan.as_mut().and_then(crate::watch::Plan::first_target) {
             target = first;
         }
-        let upstream_req = build(&method, &target, headers, RequestBody::Stream(body));
+        let upstream_req = request(&method, &target, headers, RequestBody::Stream(body));
         let sent_at = Instant::now();
         let mut resp = match self.send(upstream_req, replay.as_ref(), long_lived).await {
             Ok(resp) => resp,
@@ -249,7 +248,7 @@ impl Proxy {
         {
             tracing::info!("API server refused the credential; retrying with the renewed one");
             headers.insert(header::AUTHORIZATION, newer);
-            let retry = build(&method, &target, headers.clone(), RequestBody::Empty);
+            let retry = request(&method, &target, headers.clone(), RequestBody::Empty);
             resp = match Box::pin(self.send(retry, Some(&headers), long_lived)).await {
                 Ok(resp) => resp,
                 Err(resp) => return resp,
@@ -298,7 +297,7 @@ impl Proxy {
         if let Some(auth) = self.creds.for_request().await.ok().flatten() {
             headers.insert(header::AUTHORIZATION, auth);
         }
-        let req = build(&Method::GET, &target, headers, RequestBody::Empty);
+        let req = request(&Method::GET, &target, headers, RequestBody::Empty);
         // Over the connections requests use (HTTP/2 where the server speaks it).
         match self.dispatch(req, None, false).await {
             Ok(_) => self.metrics.upstream_answered(),
@@ -344,7 +343,7 @@ impl Rewatch for Proxy {
                     Err(resp) => return Err(format!("no credentials ({})", resp.status())),
                 }
             }
-            let req = build(&Method::GET, &target, headers.clone(), RequestBody::Empty);
+            let req = request(&Method::GET, &target, headers.clone(), RequestBody::Empty);
             self.send(req, Some(&headers), true)
                 .await
                 .map_err(|resp| format!("no answer ({})", resp.status()))

@@ -25,18 +25,18 @@
 //! [`MAX_IN_FLIGHT`] hedges in flight in the whole process: past that, no hedge, so a slow
 //! API server is sent at most that many duplicates at a time, however many requests wait.
 
-use std::future::poll_fn;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, Method, Request, Response, Uri};
 use hyper_util::client::legacy::ResponseFuture;
-use tower_service::Service as _;
 
 use super::errors::SendError;
 use crate::metrics::{HedgeResult, Metrics};
 use crate::upstream::h2pool::{H2Pool, Sent};
-use crate::upstream::{BoxError, Connector, RequestBody, UpstreamBody};
+use crate::upstream::{
+    BoxError, Connector, RequestBody, UpstreamBody, dial_http1, idempotent, origin_form, request,
+};
 
 /// Hedges in flight in the process at most (a hedge is in flight from its sending to the
 /// first response headers of either copy). 16 is the HTTP/1.1 pool's usual concurrency
@@ -83,13 +83,10 @@ impl Hedge {
         self.after
     }
 
-    /// Whether a request may be hedged: hedging is on, and the request is a bodiless GET,
-    /// HEAD or OPTIONS that is not long-running.
+    /// Whether a request may be hedged: hedging is on, and the request is a bodiless
+    /// idempotent one (GET, HEAD, OPTIONS, TRACE) that is not long-running.
     pub(crate) fn applies(&self, method: &Method, bodiless: bool, long_lived: bool) -> bool {
-        !self.after.is_zero()
-            && bodiless
-            && !long_lived
-            && matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
+        !self.after.is_zero() && bodiless && !long_lived && idempotent(method)
     }
 
     fn permit(&self) -> Option<Permit<'_>> {
@@ -169,11 +166,7 @@ async fn send_again(
     uri: Uri,
     headers: &HeaderMap,
 ) -> Result<Response<UpstreamBody>, BoxError> {
-    let mut req = Request::new(RequestBody::Empty);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers.clone();
+    let req = request(&method, &uri, headers.clone(), RequestBody::Empty);
     let req = match up.h2 {
         Some(pool) => match pool.send(req, Some(headers)).await? {
             Sent::Response(resp) => return Ok(resp.map(UpstreamBody::Http2)),
@@ -190,22 +183,13 @@ async fn fresh_http1(
     connector: &Connector,
     mut req: Request<RequestBody>,
 ) -> Result<Response<UpstreamBody>, BoxError> {
-    let mut connector = connector.clone();
-    poll_fn(|cx| connector.poll_ready(cx)).await?;
-    let io = connector.call(req.uri().clone()).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await?;
+    let (mut sender, conn) = dial_http1(connector, req.uri().clone()).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("hedged HTTP/1.1 connection ended: {e}");
         }
     });
-    // HTTP/1.1 on the wire wants the origin form; the connector took the full URI.
-    *req.uri_mut() = match req.uri().path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    };
+    *req.uri_mut() = origin_form(req.uri());
     let resp = sender.send_request(req).await?;
     Ok(resp.map(UpstreamBody::Http1))
 }

@@ -2,13 +2,12 @@
 //! query, escaped where no URI may hold a byte), the checks Go's server makes before any
 //! handler (Host, userinfo), and whether it is long-running (a watch, a followed log).
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 
 use crate::proxy::body::ProxyBody;
 use crate::proxy::status::{self, Reason};
-use crate::upstream::RequestBody;
 
 /// The path and query the API server is sent: `base` (the server URL's path, or `""`),
 /// then `raw_path` (the escaped path below the API prefix) and `query`, byte for byte but
@@ -103,20 +102,6 @@ pub(super) fn bad_request(body: &'static str) -> Response<ProxyBody> {
     h.remove(header::X_CONTENT_TYPE_OPTIONS);
     h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     resp
-}
-
-pub(super) fn build(
-    method: &Method,
-    target: &Uri,
-    headers: HeaderMap,
-    body: RequestBody,
-) -> Request<RequestBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = target.clone();
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    req
 }
 
 /// A watch or a followed log: a response that only ends when the server or client ends it.

@@ -14,13 +14,12 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tower_service::Service as _;
 
 use crate::metrics::Metrics;
 use crate::proxy::body::ProxyBody;
 use crate::proxy::status::{self, Reason};
 use crate::shutdown::Shutdown;
-use crate::upstream::{BoxError, Connector, RequestBody, UpstreamBody};
+use crate::upstream::{BoxError, Connector, RequestBody, UpstreamBody, dial_http1, origin_form};
 
 /// What a tunnel needs from the proxy (borrowed, so this module does not depend on it).
 pub(crate) struct Tunnel<'a> {
@@ -47,11 +46,7 @@ pub(crate) fn upstream_request(
     let mut upstream_req = Request::new(RequestBody::Stream(body));
     *upstream_req.method_mut() = parts.method;
     *upstream_req.headers_mut() = headers;
-    // HTTP/1.1 on the wire wants the origin form; the connector wants the full URI.
-    *upstream_req.uri_mut() = match target.path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    };
+    *upstream_req.uri_mut() = origin_form(target);
     upstream_req
 }
 
@@ -63,11 +58,7 @@ pub(crate) async fn forward(
     upstream_req: Request<RequestBody>,
     target: Uri,
 ) -> Result<Response<ProxyBody>, BoxError> {
-    let mut connector = tunnel.connector.clone();
-    let io = connector.call(target).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await?;
+    let (mut sender, conn) = dial_http1(tunnel.connector, target).await?;
     tokio::spawn(async move {
         if let Err(e) = conn.with_upgrades().await {
             tracing::debug!("upstream upgrade connection ended: {e}");

@@ -7,13 +7,38 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, Method, Request, Uri, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::proxy::headers;
 
 /// hyper's error type for bodies and connectors.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The request the API server is sent: always HTTP/1.1 in the head (the HTTP/2 pool sets
+/// its own version), the target and headers as the proxy made them.
+pub(crate) fn request(
+    method: &Method,
+    target: &Uri,
+    headers: HeaderMap,
+    body: RequestBody,
+) -> Request<RequestBody> {
+    let mut req = Request::new(body);
+    *req.method_mut() = method.clone();
+    *req.uri_mut() = target.clone();
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+/// Methods that can be sent twice without harm, with no body (RFC 9110 §9.2.2; Go's
+/// transport retries these alone): the one rule every retry and hedge follows.
+pub(crate) fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
 
 /// A request body on its way to the API server.
 #[derive(Debug, Default)]

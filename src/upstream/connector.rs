@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
-use super::body::BoxError;
+use super::body::{BoxError, RequestBody};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::proxy::{SocksV5, Tunnel};
 
@@ -121,7 +121,7 @@ impl Service<Uri> for Dial {
     }
 }
 
-type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
+pub(crate) type Stream = MaybeHttpsStream<TokioIo<TcpStream>>;
 
 impl Service<Uri> for Connector {
     type Response = Stream;
@@ -194,5 +194,35 @@ fn build_connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions, h2: bo
     Connector {
         inner,
         timeout: opts.connect_timeout,
+    }
+}
+
+/// A connection of its own to `target` over HTTP/1.1, outside the pool (an upgrade, a
+/// hedge): its sender, and the connection for the caller to drive, with upgrades or
+/// without. Requests on it take the origin form ([`origin_form`]).
+pub(crate) async fn dial_http1(
+    connector: &Connector,
+    target: Uri,
+) -> Result<
+    (
+        hyper::client::conn::http1::SendRequest<RequestBody>,
+        hyper::client::conn::http1::Connection<Stream, RequestBody>,
+    ),
+    BoxError,
+> {
+    let mut connector = connector.clone();
+    std::future::poll_fn(|cx| connector.poll_ready(cx)).await?;
+    let io = connector.call(target).await?;
+    Ok(hyper::client::conn::http1::Builder::new()
+        .handshake(io)
+        .await?)
+}
+
+/// The origin form HTTP/1.1 puts on the wire (`/path?query`, RFC 9112 §3.2.1); the
+/// connector is handed the full URI.
+pub(crate) fn origin_form(uri: &Uri) -> Uri {
+    match uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
     }
 }

@@ -19,8 +19,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub(crate) use body::{BoxError, RequestBody};
-pub(crate) use connector::{ConnectOptions, Connector, connector, connector_h2};
+pub(crate) use body::{BoxError, RequestBody, idempotent, request};
+pub(crate) use connector::{
+    ConnectOptions, Connector, connector, connector_h2, dial_http1, origin_form,
+};
 use h2pool::RecvBody;
 
 /// The HTTP/1.1 pool.

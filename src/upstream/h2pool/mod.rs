@@ -47,7 +47,7 @@ use hyper_util::client::legacy::connect::Connection as _;
 use tokio::sync::oneshot;
 use tower_service::Service as _;
 
-use super::body::RequestBody;
+use super::body::{RequestBody, idempotent, request};
 use super::connector::Connector;
 use crate::metrics::{Metrics, Open};
 
@@ -219,7 +219,7 @@ impl H2Pool {
                             "request refused unprocessed ({e}); trying another connection"
                         );
                         last = Some(e);
-                        rebuild(copy, body)
+                        request(&copy.0, &copy.1, copy.2.clone(), body)
                     }
                     None => return Err(e),
                 },
@@ -231,7 +231,7 @@ impl H2Pool {
                         );
                         lost_retry = false;
                         last = Some(e);
-                        rebuild(copy, RequestBody::Empty)
+                        request(&copy.0, &copy.1, copy.2.clone(), RequestBody::Empty)
                     }
                     None => return Err(e),
                 },
@@ -456,28 +456,6 @@ impl H2Pool {
         tracing::debug!(conn = id, "new HTTP/2 connection to the API server");
         Ok(Some(Arc::new(Conn { id, send, state })))
     }
-}
-
-/// Methods that can be sent twice without harm (with no body: Go's rule).
-fn idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
-}
-
-/// A request built again from its method, URI and headers, with `body` (none, or the
-/// kept copy of its body).
-fn rebuild(
-    (method, uri, headers): (Method, http::Uri, &HeaderMap),
-    body: RequestBody,
-) -> Request<RequestBody> {
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers.clone();
-    req
 }
 
 /// The request head as HTTP/2 carries it: no `Host` (`:authority` comes from the URI),
