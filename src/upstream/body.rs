@@ -53,11 +53,20 @@ pub enum RequestBody {
     Empty,
 }
 
-/// A kept request body: its data, then its trailers.
-#[derive(Debug)]
+/// A kept request body: its data, then its trailers. Its `Debug` shows sizes only: the
+/// body may be a Secret being created.
 pub struct KeptBody {
     pub data: Option<Bytes>,
     pub trailers: Option<HeaderMap>,
+}
+
+impl std::fmt::Debug for KeptBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeptBody")
+            .field("data_len", &self.data.as_ref().map(Bytes::len))
+            .field("trailers", &self.trailers.as_ref().map(HeaderMap::len))
+            .finish()
+    }
 }
 
 impl Body for RequestBody {
@@ -114,4 +123,22 @@ pub(crate) fn clean_trailers<E>(
         headers::strip_trailers(trailers);
     }
     polled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_body_never_shows_its_bytes_in_debug() {
+        let kept = RequestBody::Kept(Box::new(KeptBody {
+            data: Some(Bytes::from_static(
+                b"{\"data\":{\"password\":\"aHVudGVyMg==\"}}",
+            )),
+            trailers: None,
+        }));
+        let shown = format!("{kept:?}");
+        assert!(!shown.contains("aHVudGVyMg"), "{shown}");
+        assert!(shown.contains("data_len"), "{shown}");
+    }
 }
