@@ -73,6 +73,23 @@ async fn read_events(watch: &mut StreamResp, n: usize) -> (Vec<Value>, Vec<Value
     (events, bookmarks)
 }
 
+/// The resourceVersions of the next `n` events of a watch that must resume (after a
+/// frozen connection) within `bound`.
+async fn resumed_rvs(watch: &mut StreamResp, n: usize, bound: Duration) -> Vec<u64> {
+    tokio::time::timeout(bound, async {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match watch.next_json().await {
+                Some(ev) => got.push(rv_of(&ev)),
+                None => panic!("the watch ended ({:?})", watch.error),
+            }
+        }
+        got
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the watch did not resume within {bound:?}"))
+}
+
 fn rv_of(ev: &Value) -> u64 {
     ev["object"]["metadata"]["resourceVersion"]
         .as_str()
@@ -545,18 +562,7 @@ async fn a_watch_on_a_frozen_connection_is_resumed_after_the_health_check() {
     relay.freeze();
     let frozen = send_events(&api, "frozen", 2);
     // Bounded generously for a loaded machine: the ping finds it in about 4 s.
-    let got = tokio::time::timeout(Duration::from_secs(60), async {
-        let mut got = Vec::new();
-        while got.len() < frozen.len() {
-            match watch.next_json().await {
-                Some(ev) => got.push(rv_of(&ev)),
-                None => panic!("the watch ended ({:?})", watch.error),
-            }
-        }
-        got
-    })
-    .await
-    .expect("the watch resumed within 60 s");
+    let got = resumed_rvs(&mut watch, frozen.len(), Duration::from_secs(60)).await;
     assert_eq!(got, frozen);
     assert_eq!(
         api.open_watches(),
@@ -650,15 +656,17 @@ async fn a_watch_on_a_connection_that_got_a_goaway_and_then_froze_is_resumed() {
     let (events, _) = read_events(&mut watch, 1).await;
     assert_eq!(rv_of(&events[0]), before[0]);
     // The GOAWAY leaves the watch on its connection; requests after it find the
-    // connection closed to new streams, and take a new one (the GOAWAY reaches the proxy
-    // a moment after `goaway()`: requests for a second make sure one came after it).
+    // connection closed to new streams and open a second one, which shows the proxy has
+    // seen the GOAWAY.
+    let before_goaway = api.h2_connections_total();
     api.goaway();
-    let until = tokio::time::Instant::now() + Duration::from_secs(1);
-    while tokio::time::Instant::now() < until {
-        let resp = client::get(&proxy.url(&format!("{PODS}/after-goaway"))).await;
-        assert_ne!(resp.status, 502, "{}", resp.text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    within("a request on a new connection after the GOAWAY", async {
+        while api.h2_connections_total() == before_goaway {
+            let resp = client::get(&proxy.url(&format!("{PODS}/after-goaway"))).await;
+            assert_ne!(resp.status, 502, "{}", resp.text());
+        }
+    })
+    .await;
     let after = send_events(&api, "after-goaway", 1);
     let (events, _) = read_events(&mut watch, 1).await;
     assert_eq!(
@@ -669,17 +677,6 @@ async fn a_watch_on_a_connection_that_got_a_goaway_and_then_froze_is_resumed() {
     relay.freeze();
     let frozen = send_events(&api, "frozen", 2);
     // The ping finds it in about 4 s; without one it would wait for ever.
-    let got = tokio::time::timeout(Duration::from_secs(20), async {
-        let mut got = Vec::new();
-        while got.len() < frozen.len() {
-            match watch.next_json().await {
-                Some(ev) => got.push(rv_of(&ev)),
-                None => panic!("the watch ended ({:?})", watch.error),
-            }
-        }
-        got
-    })
-    .await
-    .expect("the watch on the drained, frozen connection resumed within 20 s");
+    let got = resumed_rvs(&mut watch, frozen.len(), Duration::from_secs(20)).await;
     assert_eq!(got, frozen);
 }
