@@ -75,17 +75,21 @@ func window(faults []fault, start, end int64) *fault {
 	return w
 }
 
+// kindOf names a fault window's kind, "none" outside every window.
+func kindOf(w *fault) string {
+	if w == nil {
+		return "none"
+	}
+	return w.Kind
+}
+
 // verdict says whether a failed request could have succeeded, and why.
 func verdict(f failure, w *fault) (bool, string) {
 	// Our DELETEs have no body: after a 401 the proxy sends any bodiless request again;
 	// after a connection died under it, only GET (Go's rule, src/proxy.rs `idempotent`).
 	bodiless := f.Method == "GET" || f.Method == "DELETE"
 	replayable := f.Method == "GET"
-	kind := "none"
-	if w != nil {
-		kind = w.Kind
-	}
-	switch kind {
+	switch kindOf(w) {
 	case "restart":
 		// w.Start: the kill; w.End: the new server answers.
 		if f.Start < w.End {
@@ -172,10 +176,7 @@ func report(args []string) error {
 	for _, f := range failures {
 		w := window(faults, f.Start, f.End)
 		could, why := verdict(f, w)
-		wk := "none"
-		if w != nil {
-			wk = w.Kind
-		}
+		wk := kindOf(w)
 		k := key{wk, f.Cause, f.Kind, why}
 		if groups[k] == nil {
 			groups[k] = &agg{could: could, first: f.Start}
@@ -191,7 +192,11 @@ func report(args []string) error {
 	for k := range groups {
 		keys = append(keys, k)
 	}
-	sort.Slice(keys, func(i, j int) bool { return groups[keys[i]].n > groups[keys[j]].n })
+	// By count, then by the key, so that the same results always make the same report.
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := groups[keys[i]].n, groups[keys[j]].n
+		return a > b || a == b && fmt.Sprint(keys[i]) < fmt.Sprint(keys[j])
+	})
 
 	var sent, expected, received, dups, gaps, ooo, unasked, expired, lost, reconnects, openFails int64
 	for _, r := range reqs {
@@ -276,10 +281,7 @@ func report(args []string) error {
 		var worst int64
 		for _, f := range slow {
 			w := window(faults, f.Start, f.End)
-			wk := "none"
-			if w != nil {
-				wk = w.Kind
-			}
+			wk := kindOf(w)
 			cnt[wk+"\t"+f.Kind]++
 			worst = max(worst, f.End-f.Start)
 		}
@@ -298,10 +300,7 @@ func report(args []string) error {
 		cnt := map[string]int{}
 		for _, f := range recon {
 			w := window(faults, f.End, f.End)
-			wk := "none"
-			if w != nil {
-				wk = w.Kind
-			}
+			wk := kindOf(w)
 			cnt[wk+"\t"+f.Cause]++
 		}
 		p("Watch streams that ended under the client (it then watched again from its last resourceVersion), by the fault window of the end:\n\n| fault window | how | count |\n|---|---|--:|\n")
