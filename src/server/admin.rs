@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,7 +24,7 @@ use crate::credentials::{Credentials, TokenSource};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::proxy::body::ProxyBody;
-use crate::server::{Accepted, Counted, ServeOptions, refuse};
+use crate::server::{Accepted, Listener, ServeOptions, accept_loop};
 use crate::shutdown::Shutdown;
 
 /// The API server counts as up if it answered within this window.
@@ -75,37 +75,34 @@ pub(crate) fn spawn(
     builder.http2().max_concurrent_streams(ADMIN_STREAMS);
     let builder = Arc::new(builder);
     let open = Arc::new(AtomicUsize::new(0));
+    let listener = Listener::from(listener);
     tokio::spawn(async move {
-        loop {
-            let (stream, ip) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, addr)) => (stream, addr.ip()),
-                    Err(e) => {
-                        tracing::warn!("admin accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = shutdown.stopping() => return,
-            };
-            let max = options.max_connections;
-            if max > 0 && open.load(Ordering::Acquire) >= max {
-                tokio::spawn(refuse(Accepted::Tcp(stream, ip), max));
-                continue;
-            }
-            let counted = Counted::new(&open);
-            let (admin, builder) = (admin.clone(), builder.clone());
-            tokio::spawn(async move {
-                let _counted = counted;
-                let service = service_fn(move |req| {
-                    let admin = admin.clone();
-                    async move { Ok::<_, Infallible>(admin.serve(&req)) }
+        let max = options.max_connections;
+        accept_loop(
+            &listener,
+            &shutdown,
+            &open,
+            max,
+            "admin accept",
+            |accepted, counted| {
+                let (admin, builder) = (admin.clone(), builder.clone());
+                tokio::spawn(async move {
+                    let _counted = counted;
+                    let service = service_fn(move |req| {
+                        let admin = admin.clone();
+                        async move { Ok::<_, Infallible>(admin.serve(&req)) }
+                    });
+                    // The admin listener binds TCP only.
+                    let Accepted::Tcp(stream, _) = accepted else {
+                        return;
+                    };
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
+            },
+        )
+        .await;
     });
 }
 

@@ -108,44 +108,66 @@ pub(crate) async fn serve(
             max: options.max_connections,
         },
     });
+    accept_loop(
+        &listener,
+        &shutdown,
+        &open,
+        options.max_connections,
+        "accept",
+        |accepted, counted| {
+            let (proxy, builder, shutdown) = (proxy.clone(), builder.clone(), shutdown.clone());
+            match accepted {
+                Accepted::Tcp(stream, ip) => tokio::spawn(connection(
+                    stream,
+                    Peer::Tcp(ip),
+                    proxy,
+                    builder,
+                    shutdown,
+                    counted,
+                )),
+                Accepted::Unix(stream) => tokio::spawn(connection(
+                    stream,
+                    Peer::Unix,
+                    proxy,
+                    builder,
+                    shutdown,
+                    counted,
+                )),
+            };
+        },
+    )
+    .await;
+}
+
+/// The accept loop both listeners run, until shutdown starts: a connection within `max`
+/// open ones (`--max-connections`; 0: no limit) goes to `serve` with its place counted in
+/// `open`; one past it gets [`refuse`]'s 503. An accept error (EMFILE and friends) backs
+/// off briefly instead of spinning; `what` names the listener in its warning.
+pub(crate) async fn accept_loop(
+    listener: &Listener,
+    shutdown: &Shutdown,
+    open: &Arc<AtomicUsize>,
+    max: usize,
+    what: &str,
+    mut serve: impl FnMut(Accepted, Counted),
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!("accept failed: {e}");
+                    tracing::warn!("{what} failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
-            () = shutdown.stopping() => break,
+            () = shutdown.stopping() => return,
         };
-        if options.max_connections > 0 && open.load(Ordering::Acquire) >= options.max_connections {
-            tokio::spawn(refuse(accepted, options.max_connections));
+        if max > 0 && open.load(Ordering::Acquire) >= max {
+            tokio::spawn(refuse(accepted, max));
             continue;
         }
-        let (proxy, builder, shutdown) = (proxy.clone(), builder.clone(), shutdown.clone());
-        let counted = Counted::new(&open);
-        let accepted = (accepted, counted);
-        match accepted {
-            (Accepted::Tcp(stream, ip), counted) => tokio::spawn(connection(
-                stream,
-                Peer::Tcp(ip),
-                proxy,
-                builder,
-                shutdown,
-                counted,
-            )),
-            (Accepted::Unix(stream), counted) => tokio::spawn(connection(
-                stream,
-                Peer::Unix,
-                proxy,
-                builder,
-                shutdown,
-                counted,
-            )),
-        };
+        serve(accepted, Counted::new(open));
     }
 }
 
@@ -284,7 +306,7 @@ impl ClientStream for UnixStream {
 pub(crate) struct Counted(Arc<AtomicUsize>);
 
 impl Counted {
-    pub(crate) fn new(open: &Arc<AtomicUsize>) -> Self {
+    fn new(open: &Arc<AtomicUsize>) -> Self {
         open.fetch_add(1, Ordering::AcqRel);
         Counted(open.clone())
     }
@@ -298,7 +320,7 @@ impl Drop for Counted {
 
 /// Answers a connection over `--max-connections` with a 503 Status and closes it; a
 /// client that does not read gets at most a second of our time.
-pub(crate) async fn refuse(accepted: Accepted, max: usize) {
+async fn refuse(accepted: Accepted, max: usize) {
     let message = format!(
         "kube-ambassador is serving its maximum of {max} connections (--max-connections; each h2c stream counts as one more); retry later"
     );
