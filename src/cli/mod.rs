@@ -260,8 +260,8 @@ pub struct Cli {
     #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = OURS)]
     pub upstream_ping_timeout: Duration,
 
-    /// A short GET, HEAD or OPTIONS without a body, sent over HTTP/1.1 and still without
-    /// response headers after this, is sent once more (a hedged request: over HTTP/2 when
+    /// A short GET, HEAD, OPTIONS or TRACE without a body, sent over HTTP/1.1 and still
+    /// without response headers after this, is sent once more (a hedged request: over HTTP/2 when
     /// the server speaks it, else on a fresh connection) and the first answer wins. An
     /// HTTP/1.1 connection cannot be pinged, and a frozen one looks like a slow server.
     /// At most one hedge per attempt and 16 in flight in the process, so a slow API

@@ -157,8 +157,8 @@ impl Proxy {
     /// One attempt: over HTTP/2 when enabled for this kind of request and the server
     /// speaks it, else HTTP/1.1. (The HTTP/2 pool retries what it safely can itself, from
     /// `replay`: the headers of a bodiless request, the one copy the caller keeps.) A
-    /// short bodiless GET, HEAD or OPTIONS over HTTP/1.1 still without response headers
-    /// after `--upstream-hedge-after` is sent once more, and the first answer wins
+    /// short bodiless GET, HEAD, OPTIONS or TRACE over HTTP/1.1 still without response
+    /// headers after `--upstream-hedge-after` is sent once more, and the first answer wins
     /// (`hedge.rs`: an HTTP/1.1 connection cannot be pinged, and a frozen one looks slow).
     pub(crate) async fn dispatch(
         &self,

@@ -18,8 +18,8 @@
 //! HTTP/1.1 connection of its own (not one from the pool, which may be frozen too), dialled
 //! as upgrades dial (`upgrade.rs`).
 //!
-//! Bounded duplicate load: only GET, HEAD and OPTIONS without a body (RFC 9110 §9.2.2:
-//! sending them twice has the effect of sending them once), never a watch or a followed
+//! Bounded duplicate load: only GET, HEAD, OPTIONS and TRACE without a body (RFC 9110
+//! §9.2.2: sending them twice has the effect of sending them once), never a watch or a followed
 //! log (a quiet one is normal), one hedge per attempt (an attempt is only ever retried
 //! after it failed, so a request never has more than two copies in flight), and at most
 //! [`MAX_IN_FLIGHT`] hedges in flight in the whole process: past that, no hedge, so a slow
