@@ -212,10 +212,10 @@ fn build_proxy(
 ) -> Arc<Proxy> {
     let opts = ConnectOptions {
         connect_timeout: cli.connect_timeout,
-        keepalive: cli.keepalive,
+        keepalive: ConnectOptions::keepalive_or_default(cli.keepalive),
     };
     let connector = upstream::connector(&upstream, tls, &opts);
-    let client = upstream::client(connector.clone());
+    let client = upstream::client(connector.clone(), cli.upstream_ping_interval);
     let h2 = http2_pool(cli, &upstream, tls, &opts, &metrics);
     Arc::new(Proxy::new(proxy::Parts {
         upstream,

@@ -41,6 +41,16 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(total)
 }
 
+/// A duration that must be above zero (`--upstream-ping-interval`, `--upstream-ping-timeout`):
+/// zero would mean pinging without pause, or giving up on every ping before its answer
+/// could arrive.
+pub fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        Duration::ZERO => Err(format!("{s:?} must be above zero")),
+        d => Ok(d),
+    }
+}
+
 /// Parses `--request-timeout` as kubectl does (client-go's `ParseTimeout`): a whole
 /// number of seconds, or a Go-style duration.
 pub fn parse_timeout(s: &str) -> Result<Duration, String> {

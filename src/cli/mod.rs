@@ -7,7 +7,7 @@
 mod duration;
 mod inject;
 
-pub use duration::{parse_duration, parse_timeout};
+pub use duration::{parse_duration, parse_positive_duration, parse_timeout};
 pub use inject::{Command, InjectArgs};
 
 use std::path::PathBuf;
@@ -127,7 +127,8 @@ pub struct Cli {
     pub append_server_path: bool,
 
     /// keepalive specifies the keep-alive period for an active network connection to the
-    /// API server. Set to 0 to disable keepalive.
+    /// API server. 0 means client-go's 30 s, which kubectl proxy's API requests use
+    /// whatever this flag says.
     #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = PROXY)]
     pub keepalive: Duration,
 
@@ -250,14 +251,15 @@ pub struct Cli {
 
     /// Ping an HTTP/2 connection to the API server that has been silent this long
     /// (client-go's 30 s); a request waiting for its response headers on a connection
-    /// silent for a second has it pinged at once.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = OURS)]
+    /// silent for a second has it pinged at once. An idle HTTP/1.1 connection, which
+    /// cannot be pinged, is closed after this long instead of being reused.
+    #[arg(long, default_value = "30s", value_parser = parse_positive_duration, help_heading = OURS)]
     pub upstream_ping_interval: Duration,
 
     /// A ping not answered within this closes the connection as dead: new requests go to
     /// a fresh one, and the requests without a body that were waiting on it are sent
     /// again there.
-    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = OURS)]
+    #[arg(long, default_value = "5s", value_parser = parse_positive_duration, help_heading = OURS)]
     pub upstream_ping_timeout: Duration,
 
     /// A short GET, HEAD, OPTIONS or TRACE without a body, sent over HTTP/1.1 and still

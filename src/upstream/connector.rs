@@ -152,8 +152,28 @@ impl Service<Uri> for Connector {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectOptions {
     pub connect_timeout: Duration,
-    /// TCP keep-alive period; zero disables it.
+    /// TCP keep-alive period: idle time before the first probe and between probes.
     pub keepalive: Duration,
+}
+
+impl ConnectOptions {
+    /// The keep-alive period when `--keepalive` is 0: client-go's dialer's 30 s
+    /// (`transport/cache.go`, `net.Dialer{KeepAlive: 30 * time.Second}`), which kubectl
+    /// proxy's API requests always use (its `--keepalive` reaches only its upgrade
+    /// transport, `makeUpgradeTransport` in kubectl's `pkg/proxy/proxy_server.go`).
+    pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(30);
+
+    /// `--keepalive`, with 0 meaning [`Self::DEFAULT_KEEPALIVE`]: an API server
+    /// connection always has TCP keep-alive, so a peer that vanished without a FIN
+    /// (a node gone, a NAT entry dropped) is found by the kernel, and the pool stops
+    /// offering that connection.
+    pub(crate) fn keepalive_or_default(flag: Duration) -> Duration {
+        if flag.is_zero() {
+            Self::DEFAULT_KEEPALIVE
+        } else {
+            flag
+        }
+    }
 }
 
 /// The connector, shared by the pooled client and by upgrades (which need a fresh one).
@@ -174,7 +194,10 @@ fn build_connector(upstream: &Upstream, tls: &Tls, opts: &ConnectOptions, h2: bo
     tcp.set_nodelay(true);
     // The whole connect, handshake included, is bounded by `Connector`.
     tcp.set_connect_timeout(None);
-    tcp.set_keepalive((!opts.keepalive.is_zero()).then_some(opts.keepalive));
+    // Go's dialer sets the same period for both (Go's `net.Dialer.KeepAlive`); the probe
+    // count stays the kernel's (9 on Linux, as Go leaves it).
+    tcp.set_keepalive(Some(opts.keepalive));
+    tcp.set_keepalive_interval(Some(opts.keepalive));
     let builder =
         hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls.client_config()).clone());
     let builder = if upstream.scheme == http::uri::Scheme::HTTPS {

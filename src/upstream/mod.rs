@@ -28,12 +28,19 @@ use h2pool::RecvBody;
 /// The HTTP/1.1 pool.
 pub(crate) type UpstreamClient = Client<Connector, RequestBody>;
 
-/// The pooled client for ordinary requests.
-pub(crate) fn client(connector: Connector) -> UpstreamClient {
+/// The pooled client for ordinary requests. A connection idle for `idle_bound`
+/// (`--upstream-ping-interval`) is closed, not reused: HTTP/1.1 has no ping to prove an
+/// idle connection alive, and one that a NAT or a frozen peer has silently dropped would
+/// take the next request down with it. hyper-util checks the bound at checkout as well as
+/// in its reaper (`Idle::pop` in its `client/legacy/pool.rs`), so an expired connection is
+/// never handed out even between two sweeps. Go's `http.Transport`, kubectl's, keeps idle
+/// connections 90 s (`IdleConnTimeout`); the bound here matches the HTTP/2 side instead,
+/// where a connection silent that long is pinged before it is trusted.
+pub(crate) fn client(connector: Connector, idle_bound: Duration) -> UpstreamClient {
     Client::builder(TokioExecutor::new())
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_idle_timeout(idle_bound)
         .pool_max_idle_per_host(256)
         .build(connector)
 }

@@ -60,7 +60,10 @@ pub const DIFFERENCES: &[(&str, &str)] = &[
     ),
     (
         "keepalive-zero",
-        "`--keepalive=0` disables TCP keep-alive to the API server, as the help text says.",
+        "`--keepalive` sets the TCP keep-alive period of every connection to the API \
+         server, 0 meaning client-go's 30 s. kubectl's reaches only its upgrade \
+         connections, where 0 means Go's 15 s (not off, whatever its help text says); its \
+         API requests always use 30 s.",
     ),
     (
         "sigterm-drain",
@@ -201,7 +204,7 @@ pub const NOT_SIDE_BY_SIDE: &[(&str, &str)] = &[
     (
         "keepalive-zero",
         "a socket option on the upstream connection (src/upstream/connector.rs): nothing the fake \
-         API server can observe",
+         API server can observe; tests/it/upstream_h1.rs reads it from the kernel",
     ),
     (
         "log-escapes",

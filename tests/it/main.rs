@@ -38,6 +38,7 @@ mod shutdown;
 mod startup;
 mod streaming;
 mod upgrades;
+mod upstream_h1;
 mod upstream_h2;
 mod upstream_proxy;
 mod watch_resume;
