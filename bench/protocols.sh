@@ -58,6 +58,7 @@ openssl x509 -req -in "$WORK/tls.csr" -CA "$WORK/ca.crt" -CAkey "$WORK/ca.key" \
 
 "$WORK/go-apiserver" -cert="$WORK/tls.crt" -key="$WORK/tls.key" -token=$TOKEN -pods=500 \
   >"$WORK/go.out" 2>"$WORK/go.err" &
+GO_PID=$!
 PIDS+=($!)
 for _ in $(seq 100); do grep -q 'listening on' "$WORK/go.out" 2>/dev/null && break; sleep 0.1; done
 API_PORT=$(sed -n 's/^listening on //p' "$WORK/go.out")
@@ -100,16 +101,27 @@ for t in "${!PORT[@]}"; do
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# The CPU of this shell's waited-for children (cutime + cstime): the load generator, run
+# in a command substitution and reaped before this is read again. The servers and
+# proxies, started in the background, are not reaped until the end, so they do not count.
+client_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
 TICK=$(getconf CLK_TCK)
 RAW=$WORK/raw.tsv
 : >"$RAW"
 
-# run TARGET WORKLOAD CONNS PATH -> appends "workload conns target req/s failed cpu_us"
+# per_request TICKS REQUESTS: µs of CPU per request.
+per_request() { awk -v t="$1" -v hz="$TICK" -v n="$2" 'BEGIN{printf "%.1f", t / hz / n * 1e6}'; }
+
+# run TARGET WORKLOAD CONNS PATH -> appends "workload conns target req/s failed cpu_us
+# client_cpu_us server_cpu_us" (CPU per request of the proxy, the load generator, the Go
+# API server)
 run() {
   local target=$1 workload=$2 conns=$3 path=$4 rate failed out threads
   threads=$((conns < 2 ? conns : 2))
-  local pid=${PID[$target]:-} before=0 after=0 done_n
+  local pid=${PID[$target]:-} before=0 after=0 done_n cbefore cafter sbefore safter
   [ -n "$pid" ] && before=$(cpu_ticks "$pid")
+  sbefore=$(cpu_ticks "$GO_PID")
+  cbefore=$(client_ticks)
   case $target in
   wrk-direct)
     out=$(wrk -t$threads -c"$conns" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" "$API$path" 2>&1) ;;
@@ -118,6 +130,8 @@ run() {
   *)
     out=$(wrk -t$threads -c"$conns" -d"${SECS}s" "http://127.0.0.1:${PORT[$target]}$path" 2>&1) ;;
   esac
+  cafter=$(client_ticks)
+  safter=$(cpu_ticks "$GO_PID")
   [ -n "$pid" ] && after=$(cpu_ticks "$pid")
   if [ "$target" = h2load-direct ]; then
     rate=$(kv_of rps "$out") failed=$(kv_of failed "$out") done_n=$(kv_of requests "$out")
@@ -129,11 +143,13 @@ run() {
     failed=$((${non2xx:-0} + ${errs:-0}))
     done_n=$(sed -n 's/^ *\([0-9]*\) requests in.*/\1/p' <<<"$out")
   fi
-  local cpu=-
-  if [ -n "$pid" ] && [ "${done_n:-0}" -gt 0 ]; then
-    cpu=$(awk -v t=$((after - before)) -v hz="$TICK" -v n="$done_n" 'BEGIN{printf "%.1f", t / hz / n * 1e6}')
+  local cpu=- ccpu=- scpu=-
+  if [ "${done_n:-0}" -gt 0 ]; then
+    [ -z "$pid" ] || cpu=$(per_request $((after - before)) "$done_n")
+    ccpu=$(per_request $((cafter - cbefore)) "$done_n")
+    scpu=$(per_request $((safter - sbefore)) "$done_n")
   fi
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$conns" "$target" "${rate:-0}" "$failed" "$cpu" >>"$RAW"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$conns" "$target" "${rate:-0}" "$failed" "$cpu" "$ccpu" "$scpu" >>"$RAW"
   [ "$failed" = 0 ] || log "FAILED: $target $workload c=$conns: $failed failed requests"
 }
 
@@ -160,6 +176,17 @@ cell() { # workload conns target
   cpu=$(cut -f6 <<<"$rows" | { grep -v -- - || true; } | median)
   printf ' %.0f (%s failed%s) |' "$rate" "$failed" "$([ "$cpu" = 0 ] || echo ", $cpu µs")"
 }
+# cpu_cell workload conns target: "client + server (+ proxy) = total" µs per request,
+# the medians of each part.
+cpu_cell() {
+  local rows c s p
+  rows=$(awk -F'\t' -v w="$1" -v c="$2" -v t="$3" '$1 == w && $2 == c && $3 == t' "$RAW")
+  c=$(cut -f7 <<<"$rows" | median) s=$(cut -f8 <<<"$rows" | median)
+  p=$(cut -f6 <<<"$rows" | { grep -v -- - || true; } | median)
+  awk -v c="$c" -v s="$s" -v p="$p" 'BEGIN {
+    if (p + 0 > 0) printf " %.0f + %.0f + %.0f = %.0f |", c, s, p, c + s + p
+    else printf " %.0f + %.0f = %.0f |", c, s, c + s }'
+}
 {
   echo "# Protocol to the API server: measured against Go's net/http"
   echo
@@ -181,6 +208,20 @@ cell() { # workload conns target
     read -r name conns _ <<<"$w"
     printf '| %s, %s conn |' "$name" "$conns"
     for t in "${TARGETS[@]}"; do cell "$name" "$conns" "$t"; done
+    echo
+  done
+  echo
+  echo "CPU per request, µs: load generator + Go API server (+ proxy) = total (medians of each part). With every core busy, requests/s is about cores × 1 s ÷ total, so a proxy's ratio to a direct client is bounded by the direct total over the proxied one, whatever the proxy does about its own share."
+  echo
+  printf '| workload |'
+  for t in "${TARGETS[@]}"; do printf ' %s |' "$t"; done
+  printf '\n|---|'
+  for _ in "${TARGETS[@]}"; do printf -- '--:|'; done
+  echo
+  for w in "${WORKLOADS[@]}"; do
+    read -r name conns _ <<<"$w"
+    printf '| %s, %s conn |' "$name" "$conns"
+    for t in "${TARGETS[@]}"; do cpu_cell "$name" "$conns" "$t"; done
     echo
   done
 } >"$OUT"
