@@ -166,11 +166,29 @@ done
 
 cp "$RAW" "${OUT%.md}.tsv"
 
+# table CELL: a Markdown table, a row per workload and a column per target, each cell
+# printed by the function CELL (workload conns target).
+table() {
+  printf '| workload |'
+  for t in "${TARGETS[@]}"; do printf ' %s |' "$t"; done
+  printf '\n|---|'
+  for _ in "${TARGETS[@]}"; do printf -- '--:|'; done
+  echo
+  for w in "${WORKLOADS[@]}"; do
+    read -r name conns _ <<<"$w"
+    printf '| %s, %s conn |' "$name" "$conns"
+    for t in "${TARGETS[@]}"; do "$1" "$name" "$conns" "$t"; done
+    echo
+  done
+}
+# rows_of workload conns target: that cell's raw rows, one per round.
+rows_of() { awk -F'\t' -v w="$1" -v c="$2" -v t="$3" '$1 == w && $2 == c && $3 == t' "$RAW"; }
+
 # Report: medians per (workload, conns, target).
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR ? v[int((NR + 1) / 2)] : 0) }'; }
 cell() { # workload conns target
   local rows rate failed cpu
-  rows=$(awk -F'\t' -v w="$1" -v c="$2" -v t="$3" '$1 == w && $2 == c && $3 == t' "$RAW")
+  rows=$(rows_of "$1" "$2" "$3")
   rate=$(cut -f4 <<<"$rows" | median)
   failed=$(cut -f5 <<<"$rows" | awk '{ n += $1 } END { print n + 0 }')
   cpu=$(cut -f6 <<<"$rows" | { grep -v -- - || true; } | median)
@@ -180,7 +198,7 @@ cell() { # workload conns target
 # the medians of each part.
 cpu_cell() {
   local rows c s p
-  rows=$(awk -F'\t' -v w="$1" -v c="$2" -v t="$3" '$1 == w && $2 == c && $3 == t' "$RAW")
+  rows=$(rows_of "$1" "$2" "$3")
   c=$(cut -f7 <<<"$rows" | median) s=$(cut -f8 <<<"$rows" | median)
   p=$(cut -f6 <<<"$rows" | { grep -v -- - || true; } | median)
   awk -v c="$c" -v s="$s" -v p="$p" 'BEGIN {
@@ -199,30 +217,10 @@ cpu_cell() {
     echo
   fi
   echo
-  printf '| workload |'
-  for t in "${TARGETS[@]}"; do printf ' %s |' "$t"; done
-  printf '\n|---|'
-  for _ in "${TARGETS[@]}"; do printf -- '--:|'; done
-  echo
-  for w in "${WORKLOADS[@]}"; do
-    read -r name conns _ <<<"$w"
-    printf '| %s, %s conn |' "$name" "$conns"
-    for t in "${TARGETS[@]}"; do cell "$name" "$conns" "$t"; done
-    echo
-  done
+  table cell
   echo
   echo "CPU per request, µs: load generator + Go API server (+ proxy) = total (medians of each part). With every core busy, requests/s is about cores × 1 s ÷ total, so a proxy's ratio to a direct client is bounded by the direct total over the proxied one, whatever the proxy does about its own share."
   echo
-  printf '| workload |'
-  for t in "${TARGETS[@]}"; do printf ' %s |' "$t"; done
-  printf '\n|---|'
-  for _ in "${TARGETS[@]}"; do printf -- '--:|'; done
-  echo
-  for w in "${WORKLOADS[@]}"; do
-    read -r name conns _ <<<"$w"
-    printf '| %s, %s conn |' "$name" "$conns"
-    for t in "${TARGETS[@]}"; do cpu_cell "$name" "$conns" "$t"; done
-    echo
-  done
+  table cpu_cell
 } >"$OUT"
 cat "$OUT"
