@@ -17,8 +17,12 @@
 # sample with the highest VmRSS while the watches are held; and what is left 2 s after
 # they close. WM_COLD=1 drops the binary's pages from the page cache before each start
 # (posix_fadvise DONTNEED), as for a container's first start on a node.
-# Needs the examples (cargo build --example fake-apiserver --example bench-client; a
-# debug build is enough, they are not what is measured: WM_EXAMPLES=DIR says where).
+# Needs the fake API server and bench-client: looked for in $CARGO_TARGET_DIR (default
+# target/) under release/ then debug/ (a debug build is enough, they are not what is
+# measured); WM_EXAMPLES=DIR says where instead (fake-apiserver in DIR or DIR/.., as
+# cargo puts a binary beside examples/). WM_BUILD=1 first runs `cargo build --release`
+# (the binary a target such as base=$CARGO_TARGET_DIR/release/kube-ambassador names) and
+# builds the two tools, both into $CARGO_TARGET_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,10 +30,25 @@ ROUNDS=${WM_ROUNDS:-2}
 WATCHES=${WM_WATCHES:-1000}
 HOLD=${WM_HOLD:-20}
 PORT=${WM_PORT:-18101}
-EX=${WM_EXAMPLES:-${CARGO_TARGET_DIR:-target}/debug/examples}
-[ $# -gt 0 ] || { sed -n 2,18p "$0"; exit 2; }
-for tool in fake-apiserver bench-client; do
-  [ -x "$EX/$tool" ] || { echo "watch-memory: $EX/$tool is missing" >&2; exit 1; }
+TARGET=${CARGO_TARGET_DIR:-target}
+[ $# -gt 0 ] || { sed -n 2,23p "$0"; exit 2; }
+if [ "${WM_BUILD:-}" = 1 ]; then
+  cargo build --release --locked --bin kube-ambassador >&2
+  cargo build --release --locked --workspace --bin fake-apiserver --example bench-client >&2
+fi
+# The first directory that has both tools: release's (what WM_BUILD=1 builds), then debug's.
+if [ -n "${WM_EXAMPLES:-}" ]; then
+  EX=$WM_EXAMPLES
+  FAKE=$EX/fake-apiserver
+  [ -x "$FAKE" ] || FAKE=$EX/../fake-apiserver
+else
+  for profile in release debug; do
+    EX=$TARGET/$profile/examples FAKE=$TARGET/$profile/fake-apiserver
+    [ -x "$EX/bench-client" ] && [ -x "$FAKE" ] && break
+  done
+fi
+for tool in "$FAKE" "$EX/bench-client"; do
+  [ -x "$tool" ] || { echo "watch-memory: $tool is missing (WM_BUILD=1 builds it)" >&2; exit 1; }
 done
 unset HTTP_PROXY HTTPS_PROXY ALL_PROXY http_proxy https_proxy all_proxy NO_PROXY no_proxy
 ulimit -n "$(ulimit -Hn)"
@@ -49,7 +68,7 @@ kv() { sed -n "s/^$1=//p" "$2" | head -1; }
 start_fake() {
   [ -z "${fake:-}" ] || { kill -KILL "$fake"; wait "$fake" 2>/dev/null || true; }
   rm -rf "$work/fake"
-  "$EX/fake-apiserver" --dir "$work/fake" --pods 10 --spread "$WATCHES" --quiet \
+  "$FAKE" --dir "$work/fake" --pods 10 --spread "$WATCHES" --quiet \
     >"$work/fake.env" 2>"$work/fake.log" &
   fake=$!
   pids+=("$fake")
