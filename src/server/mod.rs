@@ -376,7 +376,10 @@ async fn connection<S>(
             // every open connection, watches included; a box is freed as soon as the
             // response head is out.
             let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer)));
-            let conn = builders.http1.serve_connection(io, service).with_upgrades();
+            // Pinned here and lent to drive: moved into it, the connection (hyper's
+            // dispatcher, about 700 bytes) would have a slot in this future and another
+            // in drive's, both kept in every connection's task for its lifetime.
+            let conn = std::pin::pin!(builders.http1.serve_connection(io, service).with_upgrades());
             drive(conn, &shutdown, |c| c.graceful_shutdown()).await;
         }
         Server::Detect => {
@@ -404,20 +407,21 @@ async fn connection<S>(
             });
             // Boxed: h2c and unix-socket clients are few, and inline this branch's state
             // would make every connection's task as large as it (about a kilobyte more).
-            let conn = builders.auto.serve_connection_with_upgrades(io, service);
-            Box::pin(drive(conn, &shutdown, |c| c.graceful_shutdown())).await;
+            let mut conn = Box::pin(builders.auto.serve_connection_with_upgrades(io, service));
+            drive(conn.as_mut(), &shutdown, |c| c.graceful_shutdown()).await;
         }
     }
 }
 
 /// Runs a connection to its end; when shutdown starts, the request in flight finishes
 /// and the connection closes (an idle keep-alive one closes at once).
-async fn drive<C, E>(conn: C, shutdown: &Shutdown, graceful: impl FnOnce(Pin<&mut C>))
+/// It borrows the connection, pinned by the caller, so that its own future holds a
+/// pointer rather than a second copy of the connection.
+async fn drive<C, E>(mut conn: Pin<&mut C>, shutdown: &Shutdown, graceful: impl FnOnce(Pin<&mut C>))
 where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
-    tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
         () = shutdown.stopping() => {
@@ -427,5 +431,24 @@ where
     };
     if let Err(e) = result {
         tracing::debug!("client connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod future_size {
+    use super::*;
+
+    fn size_of_future<A, B, C, D, E, G, F>(_: impl FnOnce(A, B, C, D, E, G) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// Every client connection's task holds this future for the connection's lifetime (a
+    /// watch's included), so its size is paid per connection: 1,720 bytes when drive took
+    /// the hyper connection by value, since it then had a slot here and one in drive's
+    /// state.
+    #[test]
+    fn a_connections_future_stays_small() {
+        let size = size_of_future(connection::<TcpStream>);
+        assert!(size < 1200, "connection's future is {size} bytes");
     }
 }
