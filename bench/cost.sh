@@ -51,16 +51,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-kv() { sed -n "s/^$1=//p" "$2" | head -1; }
-"$FAKE" --dir "$work/fake" --pods 10 --quiet >"$work/fake.env" 2>"$work/fake.log" &
-pids+=($!)
-for _ in $(seq 300); do
-  [ "$(grep -c '^\(KUBERNETES_SERVICE_PORT\|SERVICE_ACCOUNT_DIR\)=' "$work/fake.env")" = 2 ] && break
-  sleep 0.1
-done
-fake_port=$(kv KUBERNETES_SERVICE_PORT "$work/fake.env")
-sa=$(kv SERVICE_ACCOUNT_DIR "$work/fake.env")
-[ -n "$fake_port" ] || { echo "cost: the fake did not start: $(cat "$work/fake.log")" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+start_fake "$FAKE" "$work/fake" --pods 10 --quiet || exit 1
+pids+=("$FAKE_PID")
+fake_port=$FAKE_PORT
+sa=$FAKE_SA
 URL=http://127.0.0.1:$PORT/api/v1/namespaces/default/pods/pod-0
 
 # urls COUNT FILE: a curl config file of COUNT GETs, each body thrown away.

@@ -28,3 +28,30 @@ h2load_run() {
 
 # kv_of KEY LINE: the value of KEY=value in a line of space-separated pairs.
 kv_of() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
+
+# start_fake BIN DIR [fake flags...]: starts the fake API server BIN in the background
+# with its state in DIR (made afresh), its env file in DIR.env and its log in DIR.log,
+# and waits (up to 30 s) until the env file names its port, service-account directory
+# and kubeconfig. Sets FAKE_PID (for the caller's cleanup list), FAKE_PORT, FAKE_SA and
+# FAKE_KUBECONFIG. Returns non-zero, with the fake's log on stderr, if it did not start.
+# Not to be called in a subshell ($(...)): FAKE_PID must be this shell's child.
+start_fake() {
+  local bin=$1 dir=$2 ready=0
+  shift 2
+  rm -rf "$dir"
+  "$bin" --dir "$dir" "$@" >"$dir.env" 2>"$dir.log" &
+  FAKE_PID=$!
+  for _ in $(seq 300); do
+    ready=$(grep -c '^\(KUBECONFIG\|KUBERNETES_SERVICE_PORT\|SERVICE_ACCOUNT_DIR\)=' "$dir.env" || true)
+    [ "$ready" = 3 ] && break
+    kill -0 "$FAKE_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  FAKE_PORT=$(sed -n 's/^KUBERNETES_SERVICE_PORT=//p' "$dir.env" | head -1)
+  FAKE_SA=$(sed -n 's/^SERVICE_ACCOUNT_DIR=//p' "$dir.env" | head -1)
+  FAKE_KUBECONFIG=$(sed -n 's/^KUBECONFIG=//p' "$dir.env" | head -1)
+  if [ "$ready" != 3 ]; then
+    echo "the fake API server did not start: $(cat "$dir.log")" >&2
+    return 1
+  fi
+}

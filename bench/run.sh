@@ -179,14 +179,10 @@ kv() { sed -n "s/^$1=//p" "$2" | head -1; }  # value of key=value line in a file
 
 # ---------------------------------------------------------------------------- servers
 log "starting the fake API server (500 pods; watch events: one a millisecond spread over $WATCHES namespaces, and one to all every $TICK_MS ms)"
-"$BIN/fake-apiserver" --dir "$WORK/fake" --pods 500 --tick-ms "$TICK_MS" --spread "$WATCHES" --quiet \
-  >"$WORK/fake.env" 2>"$WORK/fake.log" &
-FAKE_PID=$!
-for _ in $(seq 100); do grep -q '^KUBECONFIG=' "$WORK/fake.env" 2>/dev/null && break; sleep 0.1; done
-grep -q '^KUBECONFIG=' "$WORK/fake.env" || die "fake API server did not start: $(cat "$WORK/fake.log")"
-FAKE_PORT=$(kv KUBERNETES_SERVICE_PORT "$WORK/fake.env")
-SA=$(kv SERVICE_ACCOUNT_DIR "$WORK/fake.env")
-KCFG=$(kv KUBECONFIG "$WORK/fake.env")
+start_fake "$BIN/fake-apiserver" "$WORK/fake" --pods 500 --tick-ms "$TICK_MS" --spread "$WATCHES" --quiet ||
+  die "fake API server did not start"
+SA=$FAKE_SA
+KCFG=$FAKE_KUBECONFIG
 CA=$SA/ca.crt
 DIRECT=https://127.0.0.1:$FAKE_PORT
 

@@ -62,23 +62,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+kv() { sed -n "s/^$1=//p" "$2" | head -1; }
 # A fresh fake for every run: its watch history keeps 10,000 events, so after ten seconds
 # of one event a millisecond a watch from resourceVersion=1 would get 410 Expired and end.
-kv() { sed -n "s/^$1=//p" "$2" | head -1; }
-start_fake() {
+fresh_fake() {
   [ -z "${fake:-}" ] || { kill -KILL "$fake"; wait "$fake" 2>/dev/null || true; }
-  rm -rf "$work/fake"
-  "$FAKE" --dir "$work/fake" --pods 10 --spread "$WATCHES" --quiet \
-    >"$work/fake.env" 2>"$work/fake.log" &
-  fake=$!
+  start_fake "$FAKE" "$work/fake" --pods 10 --spread "$WATCHES" --quiet || exit 1
+  fake=$FAKE_PID
   pids+=("$fake")
-  for _ in $(seq 300); do
-    [ "$(grep -c '^\(KUBECONFIG\|KUBERNETES_SERVICE_PORT\|SERVICE_ACCOUNT_DIR\)=' "$work/fake.env")" = 3 ] && break
-    sleep 0.1
-  done
-  fake_port=$(kv KUBERNETES_SERVICE_PORT "$work/fake.env")
-  sa=$(kv SERVICE_ACCOUNT_DIR "$work/fake.env")
-  [ -n "$fake_port" ] || { echo "watch-memory: the fake did not start: $(cat "$work/fake.log")" >&2; exit 1; }
+  fake_port=$FAKE_PORT
+  sa=$FAKE_SA
 }
 
 # KiB: VmRSS RssAnon RssFile
@@ -94,7 +89,7 @@ for r in $(seq "$ROUNDS"); do
     IFS=, read -r -a parts <<<"$rest"
     bin=${parts[0]}
     [ "${WM_COLD:-}" != 1 ] || evict "$bin"
-    start_fake
+    fresh_fake
     env "${parts[@]:1}" KUBERNETES_SERVICE_HOST=127.0.0.1 KUBERNETES_SERVICE_PORT="$fake_port" \
       "$bin" --service-account-dir="$sa" --port="$PORT" >"$work/ka.log" 2>&1 &
     ka=$!

@@ -17,7 +17,7 @@
 //! whose `..` climbs above the root is refused (below `--append-server-path` it would
 //! reach another cluster's path).
 
-use regex::Regex;
+use regex::RegexSet;
 
 /// kubectl's `--accept-hosts` default.
 pub const DEFAULT_ACCEPT_HOSTS: &str = r"^localhost$,^127\.0\.0\.1$,^\[::1\]$";
@@ -42,13 +42,15 @@ pub struct PatternError {
     source: regex::Error,
 }
 
-/// The compiled filter.
+/// The compiled filter: one set per flag, so that a request is one match per flag, not
+/// one per pattern (the default reject list alone is three), and one cache checkout
+/// (regex's pool) per set.
 #[derive(Debug, Clone)]
 pub struct Filter {
-    accept_hosts: Vec<Regex>,
-    accept_paths: Vec<Regex>,
-    reject_paths: Vec<Regex>,
-    reject_methods: Vec<Regex>,
+    accept_hosts: RegexSet,
+    accept_paths: RegexSet,
+    reject_paths: RegexSet,
+    reject_methods: RegexSet,
 }
 
 /// The four flag values, as given on the command line.
@@ -95,10 +97,10 @@ impl Filter {
 
     /// kubectl's rule on one path.
     fn decide(&self, method: &str, path: &str, host: &str) -> bool {
-        if any(&self.reject_paths, path) || any(&self.reject_methods, method) {
+        if self.reject_paths.is_match(path) || self.reject_methods.is_match(method) {
             return false;
         }
-        any(&self.accept_paths, path) && any(&self.accept_hosts, host_without_port(host))
+        self.accept_paths.is_match(path) && self.accept_hosts.is_match(host_without_port(host))
     }
 }
 
@@ -108,29 +110,35 @@ impl Filter {
 /// reaches exec. A path holding one is refused before the rules run, so they keep their
 /// meaning.
 pub fn control_character(decoded: &str) -> Option<char> {
+    // Printable ASCII, nearly every path, holds none: a byte test, before decoding chars.
+    if decoded.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        return None;
+    }
     decoded.chars().find(|c| c.is_control())
 }
 
-fn any(list: &[Regex], s: &str) -> bool {
-    list.iter().any(|r| r.is_match(s))
-}
-
-/// kubectl's `MakeRegexpArray`: an empty flag is an empty list; otherwise every
-/// comma-separated part (even an empty one, which matches everything) is a pattern.
-fn compile(flag: &'static str, value: &str) -> Result<Vec<Regex>, PatternError> {
-    if value.is_empty() {
-        return Ok(Vec::new());
+/// kubectl's `MakeRegexpArray`: an empty flag is an empty list (which matches nothing);
+/// otherwise every comma-separated part (even an empty one, which matches everything)
+/// is a pattern. Each part is compiled on its own first, so that an error names the
+/// pattern at fault.
+fn compile(flag: &'static str, value: &str) -> Result<RegexSet, PatternError> {
+    let patterns: Vec<&str> = if value.is_empty() {
+        Vec::new()
+    } else {
+        value.split(',').collect()
+    };
+    for p in &patterns {
+        regex::Regex::new(p).map_err(|source| PatternError {
+            flag,
+            pattern: (*p).to_owned(),
+            source,
+        })?;
     }
-    value
-        .split(',')
-        .map(|p| {
-            Regex::new(p).map_err(|source| PatternError {
-                flag,
-                pattern: p.to_owned(),
-                source,
-            })
-        })
-        .collect()
+    RegexSet::new(&patterns).map_err(|source| PatternError {
+        flag,
+        pattern: value.to_owned(),
+        source,
+    })
 }
 
 /// The host and port of a request target's authority, which the filter judges: never

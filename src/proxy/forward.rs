@@ -26,13 +26,13 @@ impl Proxy {
     pub(crate) fn rewrite_request_headers(
         &self,
         headers: &mut HeaderMap,
-        peer: Peer,
+        peer: &Peer,
         auth: Option<HeaderValue>,
     ) -> Option<HeaderValue> {
         headers::strip_hop_by_hop(headers);
         headers.insert(header::HOST, self.host.clone());
-        if let Peer::Tcp(ip) = peer {
-            headers::append_forwarded_for(headers, ip);
+        if let Peer::Tcp(client) = peer {
+            headers::append_forwarded(headers, client);
         }
         if !headers.contains_key(header::USER_AGENT) {
             headers.insert(header::USER_AGENT, self.user_agent.clone());
@@ -211,14 +211,15 @@ impl Proxy {
         long_lived: bool,
         resume: bool,
     ) -> Response<ProxyBody> {
-        let arrived = tokio::time::Instant::now();
+        // Clock reads only for what needs them: a resumable watch, the access log.
+        let arrived = resume.then(tokio::time::Instant::now);
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         let auth = match self.credential_for(&headers).await {
             Ok(auth) => auth,
             Err(resp) => return resp,
         };
-        let sent = self.rewrite_request_headers(&mut headers, peer, auth);
+        let sent = self.rewrite_request_headers(&mut headers, &peer, auth);
         let ours = sent.is_some();
         // A request without a body can be sent again: after a 401 if a newer credential
         // shows up, after the API server refused it unprocessed (any method, HTTP/2), and
@@ -229,14 +230,14 @@ impl Proxy {
         let replay = body.is_end_stream().then(|| headers.clone());
         let method = parts.method;
         // `--watch-resume`: what a re-watch needs; the first request may ask for bookmarks.
-        let mut plan = resume
-            .then(|| crate::watch::Plan::new(&target, &headers, sent.is_some(), arrived))
-            .flatten();
+        let mut plan = arrived.and_then(|arrived| {
+            crate::watch::Plan::new(&target, &headers, sent.is_some(), arrived)
+        });
         if let Some(first) = plan.as_mut().and_then(crate::watch::Plan::first_target) {
             target = first;
         }
         let upstream_req = request(&method, &target, headers, RequestBody::Stream(body));
-        let sent_at = Instant::now();
+        let sent_at = self.access_log.then(Instant::now);
         let mut resp = match self.send(upstream_req, replay.as_ref(), long_lived).await {
             Ok(resp) => resp,
             Err(resp) => return resp,
@@ -261,7 +262,10 @@ impl Proxy {
         headers::strip_hop_by_hop(&mut parts.headers);
         // Our side speaks its own protocol version, whatever the upstream spoke.
         parts.version = Version::default();
-        parts.extensions.insert(UpstreamTime(sent_at.elapsed()));
+        // An extension is a map allocated for it: only when the access log will read it.
+        if let Some(sent_at) = sent_at {
+            parts.extensions.insert(UpstreamTime(sent_at.elapsed()));
+        }
         let body = if long_lived {
             let inner = match plan {
                 Some(plan) if crate::watch::resumable_response(parts.status, &parts.headers) => {
@@ -288,7 +292,7 @@ impl Proxy {
     /// Asks the API server for `/version` (readable by everyone) to learn whether it is
     /// answering; the outcome lands in the metrics that `/readyz` reads.
     pub async fn probe(&self) {
-        let Some(target) = self.upstream_uri("/version", None) else {
+        let Some(target) = self.upstream_uri(&Uri::from_static("/version"), "/version") else {
             return;
         };
         let mut headers = HeaderMap::new();

@@ -45,6 +45,12 @@ fn list_tokens<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<I
 
 /// Removes hop-by-hop headers; keeps `TE: trailers` if the client offered it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests and responses carry none of them: one look at each name present
+    // costs less than the nine lookups below (`bench/cost.sh`), and a header named by
+    // `Connection` is only removed when there is a `Connection`, which is in the list.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Names listed in Connection first, while Connection is still there.
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t).ok())
@@ -85,17 +91,27 @@ pub fn strip_trailers(trailers: &mut HeaderMap) {
 /// Appends the client's address to `X-Forwarded-For`, folding earlier values into one
 /// header as Go's reverse proxy does (`prior, client`).
 pub fn append_forwarded_for(headers: &mut HeaderMap, client: IpAddr) {
-    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    append_forwarded(headers, &forwarded_for(client));
+}
+
+/// A client's address as `X-Forwarded-For` carries it (an IPv4-mapped IPv6 address as
+/// IPv4, as Go's `net.IP.String` writes it). The server formats it once per connection.
+pub fn forwarded_for(client: IpAddr) -> HeaderValue {
     let ip = client.to_canonical().to_string();
+    // An address's text is ASCII digits, dots, colons and hex: always a valid value.
+    HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// [`append_forwarded_for`] with the address already formatted ([`forwarded_for`]).
+pub fn append_forwarded(headers: &mut HeaderMap, client: &HeaderValue) {
+    const XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
     let mut prior: Vec<&[u8]> = headers.get_all(&XFF).iter().map(|v| v.as_bytes()).collect();
-    let value = if prior.is_empty() {
-        HeaderValue::from_str(&ip)
-    } else {
-        let ipb = ip.as_bytes();
-        prior.push(ipb);
-        HeaderValue::from_bytes(&prior.join(&b", "[..]))
-    };
-    if let Ok(v) = value {
+    if prior.is_empty() {
+        headers.insert(XFF, client.clone());
+        return;
+    }
+    prior.push(client.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&prior.join(&b", "[..])) {
         headers.insert(XFF, v);
     }
 }

@@ -85,11 +85,19 @@ pub enum Http2Policy {
 }
 
 /// Where a request came from.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub enum Peer {
-    Tcp(IpAddr),
+    /// A TCP client's address, formatted once per connection for `X-Forwarded-For`
+    /// ([`Peer::tcp`]) rather than on every request.
+    Tcp(HeaderValue),
     /// A unix socket: no address to put in `X-Forwarded-For`.
     Unix,
+}
+
+impl Peer {
+    pub fn tcp(ip: IpAddr) -> Peer {
+        Peer::Tcp(headers::forwarded_for(ip))
+    }
 }
 
 const IMPERSONATE_USER: HeaderName = HeaderName::from_static("impersonate-user");
@@ -197,7 +205,7 @@ impl Proxy {
             };
             let body = resp.body_mut();
             match body {
-                ProxyBody::Tracked(t) => t.log = Some(log),
+                ProxyBody::Tracked(t) => t.log = Some(Box::new(log)),
                 ProxyBody::Response(_) => {
                     let ProxyBody::Response(inner) = std::mem::replace(body, ProxyBody::empty())
                     else {
@@ -207,7 +215,7 @@ impl Proxy {
                         inner,
                         stop: None,
                         watch: None,
-                        log: Some(log),
+                        log: Some(Box::new(log)),
                     }));
                 }
                 ProxyBody::Full(bytes) => {
@@ -254,7 +262,7 @@ impl Proxy {
         if let Some(answer) = self.gate.admit(&attrs, call) {
             return answer;
         }
-        let target = match self.upstream_uri(raw_path, uri.query()) {
+        let target = match self.upstream_uri(&uri, raw_path) {
             Some(t) => t,
             None => {
                 return status::response(
@@ -330,18 +338,24 @@ impl Proxy {
     /// may contain, see [`push_path`]); the server URL's path goes first only with
     /// `--append-server-path` (kubectl's rule: without it, that path only earns a warning
     /// at start-up).
-    fn upstream_uri(&self, raw_path: &str, query: Option<&str>) -> Option<Uri> {
+    fn upstream_uri(&self, client: &Uri, raw_path: &str) -> Option<Uri> {
         let base = if self.append_server_path {
             self.upstream.base_path.as_str()
         } else {
             ""
         };
-        Uri::builder()
-            .scheme(self.upstream.scheme.clone())
-            .authority(self.upstream.authority.clone())
-            .path_and_query(upstream_path_and_query(base, raw_path, query)?)
-            .build()
-            .ok()
+        let pq = target::client_path_and_query(client, base, raw_path)
+            .or_else(|| upstream_path_and_query(base, raw_path, client.query()))?;
+        self.origin_uri(pq)
+    }
+
+    /// The API server's scheme and authority with `pq`.
+    fn origin_uri(&self, pq: http::uri::PathAndQuery) -> Option<Uri> {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.upstream.scheme.clone());
+        parts.authority = Some(self.upstream.authority.clone());
+        parts.path_and_query = Some(pq);
+        Uri::from_parts(parts).ok()
     }
     /// An upgrade (exec, attach, port-forward): the client's headers rewritten as for any
     /// request, then a tunnel of its own (`upgrade`).
@@ -359,7 +373,7 @@ impl Proxy {
             Ok(auth) => auth,
             Err(resp) => return resp,
         };
-        self.rewrite_request_headers(&mut headers, peer, auth);
+        self.rewrite_request_headers(&mut headers, &peer, auth);
         let upstream_req = upgrade::upstream_request(parts, headers, body, &target);
         let tunnel = upgrade::Tunnel {
             connector: &self.connector,

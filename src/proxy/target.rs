@@ -28,6 +28,23 @@ pub fn upstream_path_and_query(
     PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).ok()
 }
 
+/// The client's own path and query when it is exactly what [`upstream_path_and_query`]
+/// would build from it: no base path, nothing stripped from the path, no byte to escape.
+/// Handing it on (a reference count) saves building and validating a copy on every
+/// request.
+pub(super) fn client_path_and_query(
+    client: &http::Uri,
+    base: &str,
+    raw_path: &str,
+) -> Option<PathAndQuery> {
+    let pq = client.path_and_query()?;
+    let unchanged = base.is_empty()
+        && pq.as_str().starts_with('/')
+        && raw_path.len() == pq.path().len()
+        && !raw_path.bytes().any(crate::proxy::router::uri_unsafe);
+    unchanged.then(|| pq.clone())
+}
+
 /// Appends a path, percent-encoding the bytes RFC 3986 allows nowhere in a URI (see
 /// [`crate::proxy::router::push_uri_escaped`], which the 301's Location uses too).
 pub(super) fn push_path(out: &mut Vec<u8>, path: &str) {
@@ -114,10 +131,13 @@ pub(super) fn is_watch(path: &str, query: Option<&str>) -> bool {
             })
         })
     };
+    // `/api/v1/watch/…` or `/apis/GROUP/VERSION/watch/…`: the fourth or fifth segment.
+    // Split as bytes: `str::split` searched for each `/` with a set-up of its own.
+    let mut segments = path.as_bytes().split(|&b| b == b'/').skip(3);
     truthy("watch")
         || truthy("follow")
-        || path.split('/').nth(3) == Some("watch")
-        || path.split('/').nth(4) == Some("watch")
+        || segments.next() == Some(b"watch")
+        || segments.next() == Some(b"watch")
 }
 
 #[cfg(test)]
@@ -188,6 +208,47 @@ mod tests {
                 Some(StatusCode::BAD_REQUEST),
                 "{bad:?}"
             );
+        }
+    }
+
+    /// The client's target is handed on only when building one would give the same bytes.
+    #[test]
+    fn the_clients_target_is_reused_only_when_unchanged() {
+        let built = |base: &str, target: &str, strip: usize| {
+            let uri: http::Uri = target.parse().unwrap();
+            let raw_path = &uri.path()[strip..];
+            let reused = client_path_and_query(&uri, base, raw_path);
+            let built = upstream_path_and_query(base, raw_path, uri.query());
+            (
+                reused.map(|p| p.as_str().to_owned()),
+                built.map(|p| p.as_str().to_owned()),
+            )
+        };
+        for target in [
+            "/api/v1/namespaces/d/pods/p",
+            "/api/v1/pods?watch=1&labelSelector=a%3Db",
+            "/api/v1/namespaces/d/pods/a%2Fb",
+            "/",
+            "/api?",
+            "http://localhost:8001/api/v1/pods?limit=5",
+            "http://localhost:8001",
+        ] {
+            let (reused, built) = built("", target, 0);
+            assert!(reused.is_some(), "{target}");
+            assert_eq!(reused, built, "{target}");
+        }
+        // Escaped when built, so not reused: a byte no URI may hold (the HTTP parser lets
+        // `{`, `|`, `"` through), a base path, a stripped prefix, a query without a path.
+        for (base, target, strip) in [
+            ("", "/api/v1/pods/{x}", 0),
+            ("", "/api/v1/pods/a|b", 0),
+            ("/base", "/api/v1/pods", 0),
+            ("", "/proxy/api/v1/pods", 6),
+            ("", "http://localhost:8001?x=1", 0),
+        ] {
+            let (reused, built) = built(base, target, strip);
+            assert_eq!(reused, None, "{base} {target}");
+            assert!(built.is_some(), "{target}");
         }
     }
 

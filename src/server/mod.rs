@@ -119,7 +119,7 @@ pub(crate) async fn serve(
             match accepted {
                 Accepted::Tcp(stream, ip) => tokio::spawn(connection(
                     stream,
-                    Peer::Tcp(ip),
+                    Peer::tcp(ip),
                     proxy,
                     builder,
                     shutdown,
@@ -375,7 +375,7 @@ async fn connection<S>(
             // whole connection, so an unboxed one would hold its full size (kilobytes) on
             // every open connection, watches included; a box is freed as soon as the
             // response head is out.
-            let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer)));
+            let service = service_fn(move |req| Box::pin(proxy.clone().handle(req, peer.clone())));
             // Pinned here and lent to drive: moved into it, the connection (hyper's
             // dispatcher, about 700 bytes) would have a slot in this future and another
             // in drive's, both kept in every connection's task for its lifetime.
@@ -392,7 +392,7 @@ async fn connection<S>(
                 } else {
                     Ok(None)
                 };
-                let proxy = proxy.clone();
+                let (proxy, peer) = (proxy.clone(), peer.clone());
                 Box::pin(async move {
                     let place = match place {
                         Ok(place) => place,

@@ -42,6 +42,9 @@ pub(crate) fn client(connector: Connector, idle_bound: Duration) -> UpstreamClie
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(idle_bound)
         .pool_max_idle_per_host(256)
+        // Every request already carries the Host the proxy set (`Proxy::host`); hyper-util's
+        // own would clone the URI to look for it.
+        .set_host(false)
         .build(connector)
 }
 
