@@ -292,7 +292,8 @@ impl Proxy {
     /// Asks the API server for `/version` (readable by everyone) to learn whether it is
     /// answering; the outcome lands in the metrics that `/readyz` reads.
     pub async fn probe(&self) {
-        let Some(target) = self.upstream_uri(&Uri::from_static("/version"), "/version") else {
+        let Some(target) = self.upstream_uri(&Uri::from_static("/version"), "/version", false)
+        else {
             return;
         };
         let mut headers = HeaderMap::new();

@@ -262,7 +262,8 @@ impl Proxy {
         if let Some(answer) = self.gate.admit(&attrs, call) {
             return answer;
         }
-        let target = match self.upstream_uri(&uri, raw_path) {
+        let long_lived = is_watch(&decoded, uri.query());
+        let target = match self.upstream_uri(&uri, raw_path, long_lived) {
             Some(t) => t,
             None => {
                 return status::response(
@@ -272,7 +273,6 @@ impl Proxy {
                 );
             }
         };
-        let long_lived = is_watch(&decoded, uri.query());
         let resume = long_lived
             && self.watch_resume
             && crate::watch::is_watch_request(&decoded, uri.query());
@@ -338,14 +338,14 @@ impl Proxy {
     /// may contain, see [`push_path`]); the server URL's path goes first only with
     /// `--append-server-path` (kubectl's rule: without it, that path only earns a warning
     /// at start-up).
-    fn upstream_uri(&self, client: &Uri, raw_path: &str) -> Option<Uri> {
+    /// `long_lived`: see [`target::path_and_query_for`].
+    fn upstream_uri(&self, client: &Uri, raw_path: &str, long_lived: bool) -> Option<Uri> {
         let base = if self.append_server_path {
             self.upstream.base_path.as_str()
         } else {
             ""
         };
-        let pq = target::client_path_and_query(client, base, raw_path)
-            .or_else(|| upstream_path_and_query(base, raw_path, client.query()))?;
+        let pq = target::path_and_query_for(client, base, raw_path, long_lived)?;
         self.origin_uri(pq)
     }
 
