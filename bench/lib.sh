@@ -1,7 +1,7 @@
 # shellcheck shell=bash
 # Helpers shared by the benchmark scripts (sourced, not run): one way to call h2load
 # and read its summary, so that every script that has a direct HTTP/2 client counts
-# its failures the same way.
+# its failures the same way, and one way to start the fake API server and wait for it.
 
 # h2load_run SECONDS CONNS URL [h2load flags...]: one h2load run of SECONDS with CONNS
 # connections, one stream each (-m1: a client-go request at a time per connection, the
