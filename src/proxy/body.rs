@@ -179,7 +179,7 @@ mod size {
     /// fields inline it was 384 bytes.
     #[test]
     fn a_tracked_stream_stays_small() {
-        let size = std::mem::size_of::<super::Tracked>();
+        let size = std::mem::size_of::<crate::proxy::body::Tracked>();
         assert!(size < 160, "Tracked is {size} bytes");
     }
 }
