@@ -26,6 +26,9 @@ h2load_run() {
   printf 'rps=%s requests=%s duration_us=%s failed=%s\n' "$rate" "${done_n:-0}" "$((secs * 1000000))" "${failed:-0}"
 }
 
+# kv KEY FILE: the value of the first KEY=value line in FILE.
+kv() { sed -n "s/^$1=//p" "$2" | head -1; }
+
 # kv_of KEY LINE: the value of KEY=value in a line of space-separated pairs.
 kv_of() { sed -n "s/.*\\b$1=\\([^ ]*\\).*/\\1/p" <<<"$2"; }
 
@@ -47,9 +50,9 @@ start_fake() {
     kill -0 "$FAKE_PID" 2>/dev/null || break
     sleep 0.1
   done
-  FAKE_PORT=$(sed -n 's/^KUBERNETES_SERVICE_PORT=//p' "$dir.env" | head -1)
-  FAKE_SA=$(sed -n 's/^SERVICE_ACCOUNT_DIR=//p' "$dir.env" | head -1)
-  FAKE_KUBECONFIG=$(sed -n 's/^KUBECONFIG=//p' "$dir.env" | head -1)
+  FAKE_PORT=$(kv KUBERNETES_SERVICE_PORT "$dir.env")
+  FAKE_SA=$(kv SERVICE_ACCOUNT_DIR "$dir.env")
+  FAKE_KUBECONFIG=$(kv KUBECONFIG "$dir.env")
   if [ "$ready" != 3 ]; then
     echo "the fake API server did not start: $(cat "$dir.log")" >&2
     return 1

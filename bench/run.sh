@@ -175,7 +175,6 @@ rss_of() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 busy_all() { awk -v hz="$HZ" '/^cpu / {print ($2 + $3 + $4 + $7 + $8 + $9) / hz}' /proc/stat; }
 now() { date +%s.%N; }
 calc() { awk "BEGIN { printf \"%.6g\", $1 }"; }
-kv() { sed -n "s/^$1=//p" "$2" | head -1; }  # value of key=value line in a file
 
 # ---------------------------------------------------------------------------- servers
 log "starting the fake API server (500 pods; watch events: one a millisecond spread over $WATCHES namespaces, and one to all every $TICK_MS ms)"

@@ -64,7 +64,6 @@ trap cleanup EXIT
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-kv() { sed -n "s/^$1=//p" "$2" | head -1; }
 # A fresh fake for every run: its watch history keeps 10,000 events, so after ten seconds
 # of one event a millisecond a watch from resourceVersion=1 would get 410 Expired and end.
 fresh_fake() {

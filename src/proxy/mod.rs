@@ -338,23 +338,20 @@ impl Proxy {
     /// may contain, see [`push_path`]); the server URL's path goes first only with
     /// `--append-server-path` (kubectl's rule: without it, that path only earns a warning
     /// at start-up).
-    /// `long_lived`: see [`target::path_and_query_for`].
+    ///
+    /// `long_lived`: the client's bytes are never shared ([`target::path_and_query_for`]).
     fn upstream_uri(&self, client: &Uri, raw_path: &str, long_lived: bool) -> Option<Uri> {
         let base = if self.append_server_path {
             self.upstream.base_path.as_str()
         } else {
             ""
         };
-        let pq = target::path_and_query_for(client, base, raw_path, long_lived)?;
-        self.origin_uri(pq)
-    }
-
-    /// The API server's scheme and authority with `pq`.
-    fn origin_uri(&self, pq: http::uri::PathAndQuery) -> Option<Uri> {
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.upstream.scheme.clone());
         parts.authority = Some(self.upstream.authority.clone());
-        parts.path_and_query = Some(pq);
+        parts.path_and_query = Some(target::path_and_query_for(
+            client, base, raw_path, long_lived,
+        )?);
         Uri::from_parts(parts).ok()
     }
     /// An upgrade (exec, attach, port-forward): the client's headers rewritten as for any
