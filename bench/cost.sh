@@ -6,6 +6,7 @@
 #   bench/cost.sh
 #   COST_BIN=/tmp/old-kube-ambassador bench/cost.sh        # another build, same method
 #   COST_N=2000 COST_ARGS=--access-log bench/cost.sh
+#   COST_N=40 COST_PODS=500 COST_PATH=/api/v1/namespaces/default/pods bench/cost.sh   # LISTs
 #
 # For each of 1 and 16 client connections, and for each counter, the release proxy is
 # started in front of the fake API server (in-cluster mode, as bench/run.sh runs it),
@@ -19,6 +20,8 @@
 # COST_BIN      binary to measure instead (nothing is built for it)
 # COST_ARGS     extra proxy flags (word-split)
 # COST_N        GETs in the short run (1000)
+# COST_PATH     what each GET asks for (/api/v1/namespaces/default/pods/pod-0)
+# COST_PODS     pods the fake API server holds (10; 500 makes the LIST above ~0.5 MB)
 # COST_KEEP=1   keep the scratch directory (callgrind.out.* for callgrind_annotate)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -53,11 +56,11 @@ trap cleanup EXIT
 
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
-start_fake "$FAKE" "$work/fake" --pods 10 --quiet || exit 1
+start_fake "$FAKE" "$work/fake" --pods "${COST_PODS:-10}" --quiet || exit 1
 pids+=("$FAKE_PID")
 fake_port=$FAKE_PORT
 sa=$FAKE_SA
-URL=http://127.0.0.1:$PORT/api/v1/namespaces/default/pods/pod-0
+URL=http://127.0.0.1:$PORT${COST_PATH:-/api/v1/namespaces/default/pods/pod-0}
 
 # urls COUNT FILE: a curl config file of COUNT GETs, each body thrown away.
 urls() { for _ in $(seq "$1"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$URL"; done >"$2"; }

@@ -2,11 +2,14 @@
 # Which protocol to the API server, by the numbers: kube-ambassador with
 # --upstream-http2=auto (the default), =true and =false, against an API server on Go's own
 # net/http (tests/go-apiserver: TLS, ALPN h2 and http/1.1, 500 pods), beside a direct
-# HTTP/1.1 client (wrk), a direct HTTP/2 client (h2load: a pod's client-go speaks HTTP/2)
-# and kubectl proxy where installed, in one interleaved run on this machine. Every run
-# reports its failed requests, and any failure is printed before the tables.
+# HTTP/1.1 client (wrk), a direct HTTP/2 client (h2load: a pod's client-go speaks HTTP/2),
+# wrk through a TCP pass-through (examples/tcp-forward.rs: no TLS ended, no HTTP parsed,
+# so what one more hop costs here before any work is done in it) and kubectl proxy where
+# installed, in one interleaved run on this machine. Every run reports its failed
+# requests, and any failure is printed before the tables; the last table gives the
+# ratios the README's targets are stated in, the pass-through's beside kube-ambassador's.
 #
-#   bench/protocols.sh                         # about 6 minutes after the builds
+#   bench/protocols.sh                         # about 7 minutes after the builds
 #   BENCH_SECONDS=5 BENCH_ROUNDS=3 bench/protocols.sh
 #
 # Settings: BENCH_SECONDS (3) per run, BENCH_ROUNDS (2, median reported),
@@ -42,8 +45,12 @@ cleanup() {
 trap cleanup EXIT
 
 log "building"
+# The example first and apart: built together, the binary would get the dev-dependencies'
+# features and not be the one `cargo build --release` makes (as in bench/run.sh).
+cargo build --release --locked --example tcp-forward >&2
 cargo build --release --locked --bin kube-ambassador >&2
 KA=${CARGO_TARGET_DIR:-$ROOT/target}/release/kube-ambassador
+FORWARD=${CARGO_TARGET_DIR:-$ROOT/target}/release/examples/tcp-forward
 (cd tests/go-apiserver && GOTOOLCHAIN=local GOFLAGS=-mod=mod go build -o "$WORK/go-apiserver" .)
 
 # A CA and a server certificate for 127.0.0.1 signed by it (webpki refuses a CA
@@ -77,7 +84,11 @@ start_ka() { # name port flags...
 start_ka ka-auto "$PORT_BASE" --upstream-http2=auto
 start_ka ka-true $((PORT_BASE + 1)) --upstream-http2=true
 start_ka ka-false $((PORT_BASE + 2)) --upstream-http2=false
-TARGETS=(wrk-direct h2load-direct ka-auto ka-true ka-false)
+"$FORWARD" "127.0.0.1:$((PORT_BASE + 4))" "127.0.0.1:$API_PORT" \
+  >"$WORK/pass-through.out" 2>"$WORK/pass-through.err" &
+PID[pass-through]=$! PORT[pass-through]=$((PORT_BASE + 4))
+PIDS+=($!)
+TARGETS=(wrk-direct h2load-direct pass-through ka-auto ka-true ka-false)
 if command -v kubectl >/dev/null 2>&1; then
   cat >"$WORK/kubeconfig" <<EOF
 apiVersion: v1
@@ -94,8 +105,12 @@ EOF
   TARGETS+=(kubectl)
 fi
 for t in "${!PORT[@]}"; do
+  # The pass-through carries wrk's TLS session to the Go server, token and all.
+  reach=("http://127.0.0.1:${PORT[$t]}/version")
+  [ "$t" != pass-through ] || reach=(--cacert "$WORK/ca.crt" -H "Authorization: Bearer $TOKEN"
+    "https://127.0.0.1:${PORT[$t]}/version")
   for _ in $(seq 100); do
-    curl -sf -o /dev/null "http://127.0.0.1:${PORT[$t]}/version" && break
+    curl -sf -o /dev/null "${reach[@]}" && break
     sleep 0.1
   done
 done
@@ -127,6 +142,9 @@ run() {
     out=$(wrk -t$threads -c"$conns" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" "$API$path" 2>&1) ;;
   h2load-direct)
     out=$(h2load_run "$SECS" "$conns" "$API$path" -H "authorization: Bearer $TOKEN") || out="" ;;
+  pass-through)
+    out=$(wrk -t$threads -c"$conns" -d"${SECS}s" -H "Authorization: Bearer $TOKEN" \
+      "https://127.0.0.1:${PORT[$target]}$path" 2>&1) ;;
   *)
     out=$(wrk -t$threads -c"$conns" -d"${SECS}s" "http://127.0.0.1:${PORT[$target]}$path" 2>&1) ;;
   esac
@@ -166,18 +184,21 @@ done
 
 cp "$RAW" "${OUT%.md}.tsv"
 
-# table CELL: a Markdown table, a row per workload and a column per target, each cell
-# printed by the function CELL (workload conns target).
+# table CELL COLUMN...: a Markdown table, a row per workload and a column per COLUMN (a
+# target, or "A B" for A's rate over B's, headed "A ÷ B"), each cell printed by the
+# function CELL (workload conns column).
 table() {
+  local cell=$1 c
+  shift
   printf '| workload |'
-  for t in "${TARGETS[@]}"; do printf ' %s |' "$t"; done
+  for c in "$@"; do printf ' %s |' "${c/ / ÷ }"; done
   printf '\n|---|'
-  for _ in "${TARGETS[@]}"; do printf -- '--:|'; done
+  for _ in "$@"; do printf -- '--:|'; done
   echo
   for w in "${WORKLOADS[@]}"; do
     read -r name conns _ <<<"$w"
     printf '| %s, %s conn |' "$name" "$conns"
-    for t in "${TARGETS[@]}"; do "$1" "$name" "$conns" "$t"; done
+    for c in "$@"; do "$cell" "$name" "$conns" "$c"; done
     echo
   done
 }
@@ -205,6 +226,14 @@ cpu_cell() {
     if (p + 0 > 0) printf " %.0f + %.0f + %.0f = %.0f |", c, s, p, c + s + p
     else printf " %.0f + %.0f = %.0f |", c, s, c + s }'
 }
+# ratio_cell workload conns "A B": A's median requests/s over B's ("-" if either is missing).
+ratio_cell() {
+  local a b ra rb
+  read -r a b <<<"$3"
+  ra=$(rows_of "$1" "$2" "$a" | cut -f4 | median)
+  rb=$(rows_of "$1" "$2" "$b" | cut -f4 | median)
+  awk -v a="$ra" -v b="$rb" 'BEGIN { if (a + 0 > 0 && b + 0 > 0) printf " %.2f× |", a / b; else printf " - |" }'
+}
 {
   echo "# Protocol to the API server: measured against Go's net/http"
   echo
@@ -217,10 +246,16 @@ cpu_cell() {
     echo
   fi
   echo
-  table cell
+  table cell "${TARGETS[@]}"
   echo
   echo "CPU per request, µs: load generator + Go API server (+ proxy) = total (medians of each part). With every core busy, requests/s is about cores × 1 s ÷ total, so a proxy's ratio to a direct client is bounded by the direct total over the proxied one, whatever the proxy does about its own share."
   echo
-  table cpu_cell
+  table cpu_cell "${TARGETS[@]}"
+  echo
+  echo "Ratios of median requests/s, as the README's targets are stated (≥ 1.2× direct HTTP/2; ≥ 0.5× direct HTTP/1.1 at 1 connection and ≥ 0.75× at 16; ≥ 3× kubectl proxy at 16). The pass-through's columns are the same ratios for a hop that only copies bytes: the cost of the hop alone, with no work done in it. (The client's TLS passes through it, so behind it the client still decrypts; behind kube-ambassador it does not, which is how kube-ambassador can beat it on LISTs.)"
+  echo
+  # kube-ambassador's default and the pass-through against the direct clients and kubectl.
+  table ratio_cell "ka-auto h2load-direct" "ka-auto wrk-direct" "ka-auto kubectl" \
+    "pass-through h2load-direct" "pass-through wrk-direct" "ka-auto pass-through"
 } >"$OUT"
 cat "$OUT"
