@@ -95,3 +95,44 @@ impl Body for GoFraming {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use http_body_util::{BodyExt, Full};
+
+    use super::*;
+
+    /// The poll after a one-frame body's data, where END_STREAM comes: `Some(true)` if the
+    /// body ended there, `Some(false)` for anything else, `None` if it is not ready.
+    fn end_after_data(pause: bool) -> Option<bool> {
+        let inner: RespBody = Full::new(Bytes::from_static(b"{}"))
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        let mut body = go_framing(inner, pause, None);
+        let mut cx = Context::from_waker(Waker::noop());
+        let data = Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(data, Poll::Ready(Some(Ok(ref f))) if f.is_data()));
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(frame) => Some(frame.is_none()),
+            Poll::Pending => None,
+        }
+    }
+
+    // The timer cannot fire inside one synchronous poll (tokio's driver fires timers only
+    // when it runs), so "not ready yet" here is certain, whatever the machine's speed.
+    #[tokio::test]
+    async fn end_stream_is_held_back_only_when_the_body_pauses() {
+        assert_eq!(
+            end_after_data(true),
+            None,
+            "a pausing body waits before its end"
+        );
+        assert_eq!(
+            end_after_data(false),
+            Some(true),
+            "without the pause it ends at once"
+        );
+    }
+}

@@ -25,8 +25,8 @@
 //! Framing, as Go's `net/http` HTTP/2 server (every real API server) does it, since a fake
 //! that frames like our own stack hides the bugs that meet Go
 //! (`../shared/reference/go-apiserver.md`): END_STREAM comes in an empty DATA frame of its
-//! own after the body (every other response after a pause: the handler task yields
-//! first), `Content-Length` is sent when the size is known, `MaxConcurrentStreams` is Go's
+//! own after the body (every other response after a 1 ms pause, unless
+//! `end_stream_pause` is off, as in the binary), `Content-Length` is sent when the size is known, `MaxConcurrentStreams` is Go's
 //! 250 unless set, and `goaway_every` makes the server GOAWAY a connection after every
 //! n-th response on it, as kube-apiserver's `--goaway-chance` does.
 //!

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run -p fake-apiserver -- --dir /tmp/ka-demo [--port N] [--pods N]
-//!     [--tick-ms N] [--spread N] [--quiet]
+//!     [--tick-ms N] [--spread N] [--quiet] [--end-stream-pause]
 //! ```
 //!
 //! It prints the `KUBERNETES_SERVICE_HOST`/`KUBERNETES_SERVICE_PORT` to export, the
@@ -22,6 +22,13 @@
 //! `bench-spread-0`..`bench-spread-{N-1}` in turn: with one watch on each, every watch
 //! gets an event every N ms and no two arrive at once, so the latency measured is a hop's,
 //! not a queue's (`--tick-ms` sends each event to all its watches at the same instant).
+//!
+//! Over HTTP/2 the server ends every body with END_STREAM in a DATA frame of its own, as
+//! Go's does. The 1 ms pause before it on every other response, which the integration
+//! tests keep on to reproduce a proxy's reset race (`FakeApiOptions::end_stream_pause`),
+//! is off here unless `--end-stream-pause` asks for it: Go's own pause is microseconds,
+//! and 1 ms would hold an HTTP/2 client on one connection (kubectl proxy, h2load) to
+//! about a thousand requests a second in a benchmark.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,8 +37,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fake_apiserver::{FakeApi, FakeApiOptions, Pki, World};
 
 const TOKEN: &str = "demo-token";
-const USAGE: &str =
-    "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--spread N] [--quiet]";
+const USAGE: &str = "usage: fake-apiserver --dir DIR [--port N] [--pods N] [--tick-ms N] [--spread N] [--quiet] [--end-stream-pause]";
 /// The namespace `--tick-ms` events are sent in.
 const TICK_NAMESPACE: &str = "bench-ticks";
 /// The prefix of the namespaces `--spread` sends in.
@@ -52,6 +58,7 @@ struct Args {
     tick_ms: u64,
     spread: u64,
     quiet: bool,
+    end_stream_pause: bool,
 }
 
 /// Every `period_ms`, a tick event in the next of `namespaces`, in turn (never if either
@@ -77,6 +84,7 @@ fn parse_args() -> Result<Args, String> {
     let mut tick_ms = 0;
     let mut spread = 0;
     let mut quiet = false;
+    let mut end_stream_pause = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         // Both `--flag value` and `--flag=value`.
@@ -113,6 +121,7 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("--spread: not a count of namespaces: {v}"))?;
             }
             "--quiet" => quiet = true,
+            "--end-stream-pause" => end_stream_pause = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -124,6 +133,7 @@ fn parse_args() -> Result<Args, String> {
         tick_ms,
         spread,
         quiet,
+        end_stream_pause,
     })
 }
 
@@ -147,7 +157,10 @@ async fn main() -> ExitCode {
     let pki = Pki::new();
     let world = World::at(&args.dir);
     world.write(TOKEN, &pki.ca_pem(), "default");
-    let mut opts = FakeApiOptions::new(pki).tokens(&[TOKEN]).port(args.port);
+    let mut opts = FakeApiOptions::new(pki)
+        .tokens(&[TOKEN])
+        .port(args.port)
+        .end_stream_pause(args.end_stream_pause);
     if let Some(n) = args.pods {
         opts = opts.pods(n);
     }

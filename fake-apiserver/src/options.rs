@@ -25,6 +25,13 @@ pub struct FakeApiOptions {
     /// TLS-terminating load balancer in front of one) without HTTP/2. Off by default: `h2`
     /// and `http/1.1` are offered, in that order.
     pub http1_only: bool,
+    /// Over HTTP/2, hold END_STREAM back on every other response until the serving task
+    /// has slept 1 ms after the body (`framing::END_STREAM_PAUSE`): that widens the window
+    /// in which a proxy that drops a complete body resets the stream, the race the tests
+    /// reproduce. On by default; benchmarks turn it off, since Go's own pause is
+    /// microseconds and 1 ms would cap an HTTP/2 client at one connection to about
+    /// 1,000 requests a second.
+    pub end_stream_pause: bool,
 }
 
 impl Default for FakeApiOptions {
@@ -38,6 +45,7 @@ impl Default for FakeApiOptions {
             max_concurrent_streams: None,
             goaway_every: None,
             http1_only: false,
+            end_stream_pause: true,
         }
     }
 }
@@ -69,12 +77,17 @@ impl FakeApiOptions {
         self.max_concurrent_streams = Some(n);
         self
     }
-    /// See [`FakeApiOptions::http1_only`].
+    /// See [`FakeApiOptions::goaway_every`].
     pub fn goaway_every(mut self, n: usize) -> Self {
         self.goaway_every = Some(n);
         self
     }
-
+    /// See [`FakeApiOptions::end_stream_pause`].
+    pub fn end_stream_pause(mut self, on: bool) -> Self {
+        self.end_stream_pause = on;
+        self
+    }
+    /// See [`FakeApiOptions::http1_only`].
     pub fn http1_only(mut self) -> Self {
         self.http1_only = true;
         self

@@ -91,6 +91,7 @@ impl FakeApi {
             max_concurrent_streams: opts.max_concurrent_streams,
             goaway_every: opts.goaway_every,
             http1_only: opts.http1_only,
+            end_stream_pause: opts.end_stream_pause,
             goaways_sent: std::sync::atomic::AtomicUsize::new(0),
             abandoned: Arc::default(),
             h2_connections: std::sync::atomic::AtomicUsize::new(0),
@@ -300,7 +301,7 @@ pub(crate) async fn serve_connection(
                     state.goaways_sent.fetch_add(1, Ordering::Relaxed);
                     trigger.notify_one();
                 }
-                let pause = n % 2 == 0;
+                let pause = state.end_stream_pause && n % 2 == 0;
                 // HTTP/1.1 bodies of known length are dropped once written, by design.
                 let abandoned = h2.then(|| state.abandoned.clone());
                 Ok::<_, Infallible>(resp.map(|body| go_framing(body, pause, abandoned)))

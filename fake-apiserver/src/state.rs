@@ -46,6 +46,8 @@ pub(crate) struct State {
     pub(crate) max_concurrent_streams: Option<u32>,
     pub(crate) goaway_every: Option<usize>,
     pub(crate) http1_only: bool,
+    /// [`FakeApiOptions::end_stream_pause`](crate::FakeApiOptions::end_stream_pause).
+    pub(crate) end_stream_pause: bool,
     /// GOAWAYs sent because of `goaway_every`.
     pub(crate) goaways_sent: std::sync::atomic::AtomicUsize,
     /// Responses whose body was dropped before its end: the client reset the stream (or
