@@ -71,7 +71,7 @@ impl FakeApi {
     }
 
     /// Connections that negotiated HTTP/2 in ALPN since start (closed ones included).
-    /// GOAWAYs sent because of [`FakeApiOptions::goaway_every`].
+    /// GOAWAYs sent because of [`FakeApiOptions::goaway_every`](crate::FakeApiOptions::goaway_every).
     pub fn goaways_sent(&self) -> usize {
         self.state.goaways_sent.load(Ordering::Relaxed)
     }

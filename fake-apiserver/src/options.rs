@@ -3,7 +3,7 @@
 
 use crate::pki::Pki;
 
-/// How to start a [`FakeApi`].
+/// How to start a [`FakeApi`](crate::FakeApi).
 #[derive(Debug, Clone)]
 pub struct FakeApiOptions {
     pub pki: Pki,
