@@ -26,8 +26,8 @@
 //! that frames like our own stack hides the bugs that meet Go
 //! (`../shared/reference/go-apiserver.md`): END_STREAM comes in an empty DATA frame of its
 //! own after the body (every other response after a 1 ms pause, unless
-//! `end_stream_pause` is off, as in the binary), `Content-Length` is sent when the size is known, `MaxConcurrentStreams` is Go's
-//! 250 unless set, and `goaway_every` makes the server GOAWAY a connection after every
+//! `end_stream_pause` is off, as in the binary), `Content-Length` is sent when the size
+//! is known, `MaxConcurrentStreams` is Go's 250 unless set, and `goaway_every` makes the server GOAWAY a connection after every
 //! n-th response on it, as kube-apiserver's `--goaway-chance` does.
 //!
 //! Authentication: a valid bearer token, or (with `require_client_cert`) any client

@@ -23,12 +23,8 @@
 //! gets an event every N ms and no two arrive at once, so the latency measured is a hop's,
 //! not a queue's (`--tick-ms` sends each event to all its watches at the same instant).
 //!
-//! Over HTTP/2 the server ends every body with END_STREAM in a DATA frame of its own, as
-//! Go's does. The 1 ms pause before it on every other response, which the integration
-//! tests keep on to reproduce a proxy's reset race (`FakeApiOptions::end_stream_pause`),
-//! is off here unless `--end-stream-pause` asks for it: Go's own pause is microseconds,
-//! and 1 ms would hold an HTTP/2 client on one connection (kubectl proxy, h2load) to
-//! about a thousand requests a second in a benchmark.
+//! The tests' 1 ms pause before END_STREAM (`FakeApiOptions::end_stream_pause`, which says
+//! why a benchmark cannot have it) is off here unless `--end-stream-pause` asks for it.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

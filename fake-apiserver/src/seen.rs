@@ -22,7 +22,8 @@ pub struct Seen {
     pub headers: Vec<(String, String)>,
     /// The bearer token presented, valid or not.
     pub token: Option<String>,
-    /// CN of the client certificate, if one from [`Pki::client_cert`](crate::Pki::client_cert) was presented.
+    /// CN of the client certificate, if one from
+    /// [`Pki::client_cert`](crate::Pki::client_cert) was presented.
     pub client_cn: Option<String>,
     /// Whether the request was authenticated (token, client cert, or public path).
     pub authorized: bool,
